@@ -1,0 +1,1 @@
+"""Steers: schema, loading, tokenization with divergence spans, importers."""
