@@ -1,1 +1,35 @@
-"""Steers: schema, loading, tokenization with divergence spans, importers."""
+"""Steers: schema, loading, tokenization with divergence spans, importers.
+
+Public names are re-exported lazily so that ``import localpref.data`` stays cheap (no
+transformers import) and each submodule can be read on its own:
+
+    Steer, SteerError, SkipCounter          schema.py, errors.py
+    load_steers                             load.py      JSONL / HF datasets -> validated steers
+    tokenize_steer, tokenize_steers,        tokenize.py  render, tokenize, find the span
+    TokenizedSteer
+    example_steers                          examples.py  built-in deterministic steers
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Steer": "schema",
+    "SteerError": "errors",
+    "SkipCounter": "errors",
+    "load_steers": "load",
+    "tokenize_steer": "tokenize",
+    "tokenize_steers": "tokenize",
+    "TokenizedSteer": "tokenize",
+    "example_steers": "examples",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'localpref.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"localpref.data.{_EXPORTS[name]}"), name)
