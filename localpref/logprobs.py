@@ -230,6 +230,26 @@ def _kernel(name: str, backend: Backend, device: torch.device) -> Callable[..., 
                           f"(source: kernels/{name}.py) and triton: {err}") from err
 
 
+class _SelectRows(torch.autograd.Function):
+    """x.index_select(0, idx) whose backward allocates the full-size gradient once.
+
+    Autograd's own backward for ``x[mask]`` / ``index_select`` builds a zeros (b*t, v) tensor
+    and then an out-of-place copy of it, doubling the one allocation we cannot avoid.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.x_shape = x.shape
+        return x.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad_rows: Tensor):
+        (idx,) = ctx.saved_tensors
+        grad = grad_rows.new_zeros(ctx.x_shape)  # (b*t, v)
+        return grad.index_copy_(0, idx, grad_rows), None  # idx has no repeats
+
+
 def token_logps(logits: Tensor, labels: Tensor, mask: Tensor | None = None, *,
                 backend: Backend = "auto") -> Tensor:
     """Per-token log p(label), computed only where ``mask`` is True.
@@ -254,9 +274,10 @@ def token_logps(logits: Tensor, labels: Tensor, mask: Tensor | None = None, *,
     if mask.shape != labels.shape or mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool with shape {tuple(labels.shape)}, got "
                          f"{mask.dtype} {tuple(mask.shape)}")
-    rows = logits[mask]  # (n, v) copy of the selected rows only, in the logits' dtype
+    idx = mask.flatten().nonzero().squeeze(1)  # (n,) selected positions of the b*t rows
+    rows = _SelectRows.apply(logits.flatten(0, 1), idx)  # (n, v) copy of the selected rows only
     kernel = _kernel("gather_logps", backend, logits.device)
-    row_logps = (kernel or gather_logps_reference)(rows, labels[mask])  # (n,) fp32
+    row_logps = (kernel or gather_logps_reference)(rows, labels.flatten()[idx])  # (n,) fp32
     out = torch.zeros(labels.shape, dtype=row_logps.dtype, device=logits.device)  # (b, t)
     return out.masked_scatter(mask, row_logps)
 
