@@ -98,3 +98,65 @@ def tiny_llama_config(vocab_size: int = 256, hidden_size: int = 64, num_layers: 
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Model factory for training (conf/model/*.yaml, conf/peft/*.yaml)
+# --------------------------------------------------------------------------------------------
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def check_model_folder(path: str | os.PathLike) -> Path:
+    """Fail early, with the folder named, when it is not an HF model folder with weights."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model.path={path}: no such folder")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model.path={path}: no config.json (not a Hugging Face model folder)")
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"model.path={path}: no weights (*.safetensors or *.bin) in the folder")
+    return path
+
+
+def build_model(model_cfg, peft_cfg, *, seed: int):
+    """(model, tokenizer) from the ``model`` and ``peft`` config groups (see localpref.config).
+
+    ``tiny``: random init seeded by ``seed`` (so a resumed run rebuilds the same frozen weights);
+    ``smollm2``: the converted SmolLM2-135M-Instruct folder; ``local``: ``model.path``.
+    ``trust_remote_code`` is passed through and is False unless configured.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, _DTYPES[model_cfg.dtype])
+    if model_cfg.source == "tiny":
+        tokenizer = load_tokenizer(model_cfg.tokenizer or "smollm2")
+        config = tiny_llama_config(vocab_size=len(tokenizer), hidden_size=model_cfg.hidden_size,
+                                   num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+                                   intermediate_size=model_cfg.intermediate_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        folder = smollm2_dir() if model_cfg.source == "smollm2" else check_model_folder(model_cfg.path)
+        tok_src = model_cfg.tokenizer or folder
+        tokenizer = (load_tokenizer(tok_src) if str(tok_src) == "smollm2" else
+                     AutoTokenizer.from_pretrained(tok_src, trust_remote_code=model_cfg.trust_remote_code))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:  # padding is masked out everywhere; any id will do
+        tokenizer.pad_token = tokenizer.eos_token
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if peft_cfg.kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)  # adapter init depends on the seed only
+            model = get_peft_model(model, LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha,
+                                                     lora_dropout=peft_cfg.dropout,
+                                                     target_modules=list(peft_cfg.target_modules),
+                                                     task_type="CAUSAL_LM"))
+    return model, tokenizer

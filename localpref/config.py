@@ -1,0 +1,199 @@
+"""Typed schemas of the training config, registered in Hydra's ConfigStore.
+
+``conf/config.yaml`` starts its defaults list with ``base_config`` (the ``TrainConfig`` schema
+below), so every YAML file in ``conf/`` is merged *into* these dataclasses: a misspelt key or a
+value of the wrong type fails at composition, before any model is built. Defaults live here;
+each YAML file holds only what it changes, with a comment per key. ``???`` marks a value the
+user must give (e.g. ``data.path`` for ``data=jsonl``).
+
+Which group configures what:
+    model/      ModelConfig       which weights and tokenizer
+    data/       DataConfig        which steers, how they are tokenized, train/eval split
+    loss/       LossConfig        SFT vs preference loss, masks, beta, aggregation, anchor
+    reference/  ReferenceConfig   where reference log-probs come from
+    peft/       PeftConfig        none or LoRA
+    trainer/    TrainerConfig     optimizer, schedule, batch, precision, intervals, resume
+    logger/     LoggerConfig      JSONL always; wandb online/offline/disabled
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    source: str = MISSING  # "tiny" (random Llama-style, for tests) | "smollm2" | "local" (HF folder at `path`)
+    path: Optional[str] = None  # local HF model folder (source=local); must hold config + weights
+    tokenizer: Optional[str] = None  # tokenizer folder, or "smollm2"; None: the model's own folder
+    dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
+    trust_remote_code: bool = False  # off: never execute code shipped with a model folder
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
+    # Sizes of the tiny model (source=tiny only); vocab = len(tokenizer).
+    hidden_size: int = 32  # width of the tiny model
+    num_layers: int = 2  # decoder layers of the tiny model
+    num_heads: int = 2  # attention heads of the tiny model
+    intermediate_size: int = 64  # MLP width of the tiny model
+
+
+@dataclass
+class DataConfig:
+    source: str = MISSING  # "examples" (built-in steers) | "jsonl" (steer JSONL at `path`) | "defacto"
+    path: Optional[str] = None  # steer JSONL (source=jsonl) or DeFacto folder (source=defacto)
+    eval_path: Optional[str] = None  # held-out steer JSONL; None: split `eval_fraction` off the train file
+    eval_fraction: float = 0.1  # share of steers held out when there is no separate eval set
+    n_train: Optional[int] = None  # cap on training steers (None: all)
+    n_eval: Optional[int] = None  # cap on held-out steers (None: all)
+    span: str = "hunk"  # what the span is: "hunk" | "continuation" | "completion" (see localpref.spans)
+    context_after: int = 0  # extra tokens after the hunk kept in the span
+    max_length: Optional[int] = 512  # longest tokenized sequence; longer steers are errors (see on_error)
+    on_error: str = "skip"  # bad steers: "raise" (stop with file/line/field) | "skip" (count and log)
+
+
+@dataclass
+class LossConfig:
+    objective: str = "preference"  # "sft" (NLL of chosen tokens) | "preference" (DPO-style log-ratio loss)
+    mask: str = "span"  # tokens scored: "span" (localized) | "completion" (the whole assistant completion)
+    loss_type: str = "sigmoid"  # preference loss family, see localpref.losses.preference_loss
+    beta: float = 0.1  # inverse temperature of the implicit reward
+    aggregation: str = "sum"  # how token log-ratios combine into a pair's reward: "sum" | "mean"
+    label_smoothing: float = 0.0  # conservative DPO: assumed probability that a label is flipped
+    ipo_tau: Optional[float] = None  # IPO's tau (loss_type=ipo); None: beta
+    simpo_gamma: float = 0.5  # SimPO's target margin (loss_type=simpo)
+    sft_weight: float = 0.0  # weight of an NLL anchor on the chosen tokens added to each pair's loss
+
+
+@dataclass
+class ReferenceConfig:
+    kind: str = "copy"  # "copy" (frozen copy of the initial model) | "adapter_disabled" (LoRA off) | "precomputed"
+    batch_size: int = 8  # pairs per forward when precomputing reference log-probs
+
+
+@dataclass
+class PeftConfig:
+    kind: str = "none"  # "none" (train all weights) | "lora"
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # LoRA dropout (0 keeps runs deterministic)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge_on_export: bool = True  # export: merge adapters into the weights (a plain HF model folder)
+
+
+@dataclass
+class TrainerConfig:
+    optimizer: str = "adamw"  # "adamw" | "sgd"
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    schedule: str = "cosine"  # "constant" | "linear" | "cosine" decay after warmup
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    max_steps: int = 100  # optimizer steps
+    micro_batch_size: int = 4  # pairs per forward on each process
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = micro * accum * world)
+    max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm (None: no clipping)
+    precision: str = "fp32"  # autocast: "fp32" | "bf16"
+    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
+    strategy: str = "ddp"  # under torchrun: "ddp" | "fsdp" (GPU only)
+    deterministic: bool = True  # torch.use_deterministic_algorithms; needed for exact resume
+    eval_every: int = 0  # evaluate every N steps (0: only before and after training)
+    eval_batch_size: int = 8  # pairs per evaluation forward
+    checkpoint_every: int = 0  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+    resume: bool = True  # continue from the run directory's latest checkpoint when there is one
+    export: bool = True  # write an HF save_pretrained folder to <run_dir>/export at the end
+    progress: bool = True  # rich progress bar with live loss and rewards
+
+
+@dataclass
+class LoggerConfig:
+    wandb: str = "disabled"  # "online" | "offline" (no network; `wandb sync` later) | "disabled"
+    project: str = "localpref"  # wandb project
+    entity: Optional[str] = None  # wandb entity (team); None: your default
+    name: Optional[str] = None  # wandb run name; None: wandb picks one
+    group: Optional[str] = None  # wandb group, e.g. a sweep's name
+    tags: list[str] = field(default_factory=list)  # wandb tags
+    log_every: int = 1  # write train metrics every N steps
+    example_table: int = 16  # steers shown (with their spans) in a wandb table at start; 0: none
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0  # model init (tiny), data order, everything random
+    run_dir: Optional[str] = None  # where metrics, checkpoints, export go; None: Hydra's output dir
+    generation_eval: Optional[str] = None  # "module:function" called as fn(model, tokenizer, cfg, run_dir) -> metrics
+
+
+_CHOICES = {
+    "model.source": ("tiny", "smollm2", "local"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.source": ("examples", "jsonl", "defacto"),
+    "data.span": ("hunk", "continuation", "completion"),
+    "data.on_error": ("raise", "skip"),
+    "loss.objective": ("sft", "preference"),
+    "loss.mask": ("span", "completion"),
+    "loss.aggregation": ("sum", "mean"),
+    "reference.kind": ("copy", "adapter_disabled", "precomputed"),
+    "peft.kind": ("none", "lora"),
+    "trainer.optimizer": ("adamw", "sgd"),
+    "trainer.schedule": ("constant", "linear", "cosine"),
+    "trainer.precision": ("fp32", "bf16"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.strategy": ("ddp", "fsdp"),
+    "logger.wandb": ("online", "offline", "disabled"),
+}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks a composed config can run, before any model or data is loaded.
+
+    Raises ValueError / FileNotFoundError naming the offending key.
+    """
+    for key, allowed in _CHOICES.items():
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if cfg.model.source == "local":
+        if cfg.model.path is None:
+            raise ValueError("model=local needs model.path=FOLDER")
+        from localpref.models import check_model_folder
+
+        check_model_folder(cfg.model.path)
+    if cfg.data.source in ("jsonl", "defacto"):
+        if cfg.data.path is None:
+            raise ValueError(f"data={cfg.data.source} needs data.path")
+        need = Path(cfg.data.path) / "train.jsonl" if cfg.data.source == "defacto" else Path(cfg.data.path)
+        if not need.is_file():
+            raise FileNotFoundError(f"data.path={cfg.data.path}: {need} does not exist")
+    if cfg.data.eval_path is not None and not Path(cfg.data.eval_path).is_file():
+        raise FileNotFoundError(f"data.eval_path={cfg.data.eval_path} does not exist")
+    if not 0.0 < cfg.data.eval_fraction < 1.0:
+        raise ValueError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")
+    if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
+        raise ValueError("reference=adapter_disabled needs peft=lora (there are no adapters to disable)")
+    t = cfg.trainer
+    for key in ("max_steps", "micro_batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    if t.strategy == "fsdp" and t.device == "cpu":
+        raise ValueError("trainer.strategy=fsdp needs GPUs; use ddp on CPU")
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore as ``base_config`` (idempotent)."""
+    ConfigStore.instance().store(name="base_config", node=TrainConfig)
+
+
+register_configs()

@@ -1,0 +1,398 @@
+"""The training loop: one loop for SFT, DPO and the localized loss (the ``loss`` group decides).
+
+    localpref train loss=localized                      # or python -m localpref.train ...
+    localpref train -m loss=sft,dpo,localized seed=0,1  # a sweep (Hydra multirun)
+    torchrun --nproc-per-node 2 -m localpref.train ...   # data parallel (gloo on CPU, NCCL on GPU)
+
+Read top to bottom: ``train`` sets up (config, processes, model, data, reference, optimizer,
+resume), then each optimizer step takes one global batch, counts its pairs (or tokens, for SFT)
+over all micro-batches and processes, and back-propagates ``loss_sum / global_count`` per
+micro-batch, so gradient accumulation and data parallelism give the gradient of one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from localpref.checkpoint import TrainState, export_pretrained, latest_checkpoint, load_checkpoint, save_checkpoint
+from localpref.collate import collate_padded
+from localpref.config import DataConfig, LossConfig, TrainConfig, validate
+from localpref.evaluate import evaluate, load_hook
+from localpref.log import RunLogger
+from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
+from localpref.models import build_model
+from localpref.reference import PrecomputedReference, TokenScorer, make_model_reference, score_batch
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up helpers
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+
+def init_processes(device: str) -> Processes:
+    """One process, or one of several launched by torchrun (RANK/WORLD_SIZE/LOCAL_RANK set)."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if "RANK" not in os.environ:
+        return Processes(device=torch.device("cuda" if cuda else "cpu"))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return Processes(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu"))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS determinism
+        torch.use_deterministic_algorithms(True)
+
+
+def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
+    """(train steers, held-out steers, load-time skip counts). The held-out split never depends on
+    the run's seed, so all runs of a seed sweep are evaluated on the same steers."""
+    skipped: dict[str, int] = {}
+    if cfg.source == "examples":
+        from localpref.data.examples import example_steers
+
+        train, held = example_steers("train"), example_steers("eval")
+    elif cfg.source == "defacto":
+        from localpref.data.importers import import_defacto
+
+        results = import_defacto(cfg.path, None, splits=("train", "val"), on_error=cfg.on_error)
+        train, held = results["train"].steers, results["val"].steers
+        for r in results.values():
+            skipped.update({k: skipped.get(k, 0) + v for k, v in r.skipped.items()})
+    else:
+        from localpref.data.load import load_steers
+
+        train = load_steers(cfg.path, on_error=cfg.on_error)
+        skipped.update(train.skipped)
+        if cfg.eval_path is not None:
+            held = load_steers(cfg.eval_path, on_error=cfg.on_error)
+        else:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+            n_eval = max(1, round(cfg.eval_fraction * len(train)))
+            held, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
+    return list(train)[:cfg.n_train], list(held)[:cfg.n_eval], skipped
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer and a LambdaLR of linear warmup then constant / linear / cosine decay to 0."""
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return {"constant": 1.0, "linear": 1.0 - progress,
+                "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[cfg.schedule]
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def wrap_for_processes(scorer: TokenScorer, procs: Processes, strategy: str) -> torch.nn.Module:
+    """DDP (CPU or GPU) or FSDP2 (GPU; shards every decoder layer) when there are several processes."""
+    if procs.world == 1:
+        return scorer
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(scorer, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+    # FSDP2 is not exercised by the CPU test suite (it needs GPUs). Its gradient reduction also
+    # averages over processes, so the loop's world-size scaling below holds for it too.
+    from torch.distributed.fsdp import fully_shard
+
+    for module in scorer.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module)
+    return fully_shard(scorer)
+
+
+def no_grad_sync(policy: torch.nn.Module, sync: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP / FSDP2)."""
+    if sync:
+        return nullcontext()
+    if hasattr(policy, "no_sync"):
+        return policy.no_sync()
+    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2
+        policy.set_requires_gradient_sync(False)
+        return nullcontext()
+    return nullcontext()
+
+
+def all_reduce_sum(x: torch.Tensor, procs: Processes) -> torch.Tensor:
+    if procs.world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# The loss of one micro-batch: the only place the methods differ, and only through cfg.loss
+# ------------------------------------------------------------------------------------------------
+
+
+def needs_reference(cfg: LossConfig) -> bool:
+    return cfg.objective == "preference" and cfg.loss_type not in REFERENCE_FREE
+
+
+def normalizer(batch, cfg: LossConfig) -> int:
+    """What the loss is divided by: pairs (preference) or scored tokens (SFT), for this micro-batch."""
+    if cfg.objective == "sft":
+        return int(batch.masks(cfg.mask)[0].sum())
+    return batch.num_pairs
+
+
+def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss sum (), detached metric sums) of one micro-batch; the caller divides by global counts."""
+    policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, cfg.mask)  # (b, t) each
+    chosen_mask, rejected_mask = batch.masks(cfg.mask)
+    if cfg.objective == "sft":
+        out = sft_loss(policy_chosen_logps, chosen_mask)
+        return out.sum, {"nll_sum": out.sum.detach(), "span/tokens": chosen_mask.sum().float()}
+    ref_chosen_logps, ref_rejected_logps = (reference.token_logps(batch, cfg.mask) if needs_reference(cfg)
+                                            else (None, None))
+    out = preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                          chosen_mask, rejected_mask, beta=cfg.beta, loss_type=cfg.loss_type,
+                          aggregation=cfg.aggregation, label_smoothing=cfg.label_smoothing,
+                          ipo_tau=cfg.ipo_tau, simpo_gamma=cfg.simpo_gamma, sft_weight=cfg.sft_weight)
+    # preference_metrics gives batch means; times the pair count they sum across micro-batches.
+    metrics = {k: v * out.count for k, v in preference_metrics(out).items()}
+    return out.sum, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
+    """Train as configured; returns the final held-out metrics (``eval/...``)."""
+    cfg = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg  # typed; ??? fails here
+    validate(cfg)
+    t = cfg.trainer
+    procs = init_processes(t.device)
+    seed_everything(cfg.seed, t.deterministic)
+    run_dir = Path(cfg.run_dir or _hydra_output_dir())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
+    if procs.rank == 0:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    logger = RunLogger(run_dir, cfg.logger, resolved, rank=procs.rank)
+
+    # Model, data (tokenized once), reference.
+    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
+    model.to(procs.device)
+    train_steers, eval_steers, load_skipped = load_data(cfg.data)
+    tok = dict(span=cfg.data.span, max_length=cfg.data.max_length, context_after=cfg.data.context_after,
+               on_error=cfg.data.on_error)
+    from localpref.data.tokenize import tokenize_steers
+
+    train_set, train_skipped = tokenize_steers(train_steers, tokenizer, **tok)
+    eval_set, eval_skipped = tokenize_steers(eval_steers, tokenizer, **tok)
+    data_stats = {"data/train_pairs": len(train_set), "data/eval_pairs": len(eval_set),
+                  **{f"data/skipped/{k}": v for k, v in {**load_skipped, **train_skipped}.items()},
+                  **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}}
+    global_batch = t.micro_batch_size * t.grad_accum * procs.world
+    if len(train_set) < global_batch:
+        raise ValueError(f"{len(train_set)} training pairs after tokenization, fewer than one global batch "
+                         f"({global_batch} = micro_batch_size x grad_accum x processes); skipped: {train_skipped}")
+    _log_examples(logger, train_steers, train_set, tokenizer, cfg.logger.example_table)
+    pad_id = tokenizer.pad_token_id
+
+    # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
+    # come from the LoRA base (adapters off) or from a temporary frozen copy.
+    source = cfg.reference.kind
+    if source == "precomputed":
+        source = "adapter_disabled" if cfg.peft.kind == "lora" else "copy"
+    model_ref = make_model_reference(source, model, t.precision)
+    train_ref = eval_ref = model_ref
+    if cfg.reference.kind == "precomputed":
+        tag = f"{cfg.data.span}|{cfg.data.max_length}|{t.precision}"
+        build = dict(batch_size=cfg.reference.batch_size, device=procs.device, tag=tag)
+        train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build)
+        eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build)
+        data_stats["data/reference_cache"] = str(cache)
+        del model_ref  # the frozen copy (if any) is freed; with LoRA it was the policy itself
+
+    scorer = TokenScorer(model, t.precision)
+    policy = wrap_for_processes(scorer, procs, t.strategy)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(trainable, t)
+    state = TrainState()
+    checkpoint = latest_checkpoint(run_dir) if t.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        logger.truncate_after(state.step)  # steps logged after the checkpoint will be redone
+        print(f"resumed from {checkpoint} at step {state.step}")
+    else:
+        logger.log_metrics(0, data_stats)
+
+    def run_eval(step: int) -> dict[str, float]:
+        metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size, device=procs.device)
+        if cfg.generation_eval is not None and procs.rank == 0:
+            hook = load_hook(cfg.generation_eval)
+            metrics.update({f"generation/{k}": v for k, v in hook(model, tokenizer, eval_steers, cfg).items()})
+        metrics = {f"eval/{k}": v for k, v in metrics.items()}
+        logger.log_metrics(step, metrics)
+        return metrics
+
+    before = run_eval(0) if state.step == 0 else {}
+    progress = _Progress(t.max_steps, state.step, enabled=t.progress and procs.rank == 0)
+    policy.train()
+    while state.step < t.max_steps:
+        # 1. This step's global batch: a slice of this epoch's permutation; each process takes every
+        #    world-th pair of it, then cuts its share into grad_accum micro-batches.
+        if state.index + global_batch > len(train_set):
+            state = TrainState(state.step, state.epoch + 1, 0)
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch))
+        mine = order[state.index: state.index + global_batch].tolist()[procs.rank::procs.world]
+        micro = [collate_padded([train_set[i] for i in idx], idx, pad_id).to(procs.device)
+                 for idx in (mine[k: k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size))]
+
+        # 2. Global normalizer: pairs (or SFT tokens) of all micro-batches on all processes.
+        count = all_reduce_sum(torch.tensor(float(sum(normalizer(b, cfg.loss) for b in micro)), device=procs.device),
+                               procs)
+        # 3. Backward per micro-batch. DDP/FSDP average gradients over processes, so multiplying by
+        #    the world size turns their average into the sum we want: grad of (global sum / count).
+        sums: dict[str, torch.Tensor] = {}
+        for k, batch in enumerate(micro):
+            with no_grad_sync(policy, sync=k == len(micro) - 1):
+                loss_sum, metrics = micro_batch_loss(policy, train_ref, batch, cfg.loss)
+                (loss_sum * procs.world / count).backward()
+            for name, value in {"loss": loss_sum.detach(), **metrics}.items():
+                sums[name] = sums.get(name, 0) + value.float()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm is not None
+                     else torch.tensor(float("nan")))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state = TrainState(state.step + 1, state.epoch, state.index + global_batch)
+
+        # 4. Log (metric sums over all processes / global count), evaluate, checkpoint.
+        names = sorted(sums)
+        totals = all_reduce_sum(torch.stack([sums[n] for n in names]), procs).tolist()
+        row = {f"train/{n}": v / (count.item() if n in ("loss", "nll_sum") else global_batch)
+               for n, v in zip(names, totals)}
+        row.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
+        if state.step % cfg.logger.log_every == 0:
+            logger.log_metrics(state.step, row)
+        progress.update(row)
+        if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
+            run_eval(state.step)
+        if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps:
+            if procs.rank == 0:
+                save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
+            if procs.world > 1:
+                dist.barrier()
+    progress.close()
+
+    after = run_eval(state.step)
+    if t.export and procs.rank == 0:
+        export_pretrained(model, tokenizer, run_dir / "export", merge_lora=cfg.peft.merge_on_export)
+    if procs.rank == 0:
+        _summary_table(before, after, run_dir)
+    logger.finish(after)
+    return after
+
+
+def _hydra_output_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise ValueError("run_dir is not set and Hydra is not running: pass run_dir=DIR")
+    return HydraConfig.get().runtime.output_dir
+
+
+def _log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n: int) -> None:
+    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL)."""
+    by_id = {s.id: s for s in steers}
+    rows = []
+    for ex in tokenized[:n]:
+        span_c = [i for i, m in zip(ex.chosen_ids, ex.chosen_span_mask) if m]
+        span_r = [i for i, m in zip(ex.rejected_ids, ex.rejected_span_mask) if m]
+        steer = by_id.get(ex.id)
+        rows.append([ex.id, str(steer.prompt) if steer else "", steer.prefix if steer else "",
+                     tokenizer.decode(span_r), tokenizer.decode(span_c), len(span_r), len(span_c)])
+    if rows:
+        logger.log_table("examples", ["id", "prompt", "prefix", "rejected_span", "corrected_span",
+                                      "rejected_span_tokens", "corrected_span_tokens"], rows)
+
+
+class _Progress:
+    """A rich progress bar showing the live loss, reward margin and accuracy."""
+
+    def __init__(self, total: int, done: int, *, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.description}"))
+            self.bar.start()
+            self.task = self.bar.add_task("", total=total, completed=done)
+
+    def update(self, row: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        keys = {"train/loss": "loss", "train/rewards/margins": "margin", "train/rewards/accuracies": "acc"}
+        text = "  ".join(f"{short} {row[k]:.4f}" for k, short in keys.items() if k in row)
+        self.bar.update(self.task, advance=1, description=text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary_table(before: dict[str, float], after: dict[str, float], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out metrics ({run_dir})")
+    for col in ("metric", "before", "after"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key in sorted(after):
+        b = before.get(key)
+        table.add_row(key, "-" if b is None else f"{b:.4f}", f"{after[key]:.4f}")
+    Console().print(table)
+
+
+def hydra_main() -> None:
+    """Entry point of ``localpref train`` / ``python -m localpref.train`` (a Hydra app over conf/)."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def _main(cfg: DictConfig) -> float | None:
+        metrics = train(cfg)
+        # A sweeper optimizing something reads this; a plain multirun ignores it.
+        return metrics.get("eval/span/reward_accuracy")
+
+    _main()
+
+
+if __name__ == "__main__":
+    hydra_main()
