@@ -31,7 +31,7 @@ from torch import Tensor
 
 from localpref.logprobs import gather_logps_reference as reference
 
-__all__ = ["gather_logps_triton", "reference", "check_launchable", "acc_dtypes"]
+__all__ = ["gather_logps_triton", "reference"]
 
 BLOCK_V = 4096
 """Vocabulary tile on GPU: 8 KiB of bf16 per row per step, enough to keep loads wide."""
@@ -40,12 +40,22 @@ PROGRAMS_PER_SM = 4
 """Split the vocabulary until at least this many programs per SM are in flight (small n)."""
 
 
+def interpreted() -> bool:
+    """Whether triton's own @jit functions (tl.max, ...) were built for the interpreter.
+
+    Decided once, when triton is first imported; setting TRITON_INTERPRET later has no effect.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.max, InterpretedFunction)
+
+
 def check_launchable(*tensors: Tensor) -> None:
     """Raise unless the tensors can be handed to a Triton kernel in this process."""
     device = tensors[0].device
     if any(t.device != device for t in tensors):
         raise ValueError(f"all inputs must be on one device, got {[str(t.device) for t in tensors]}")
-    if device.type == "cpu" and not triton.knobs.runtime.interpret:
+    if device.type == "cpu" and not interpreted():
         raise RuntimeError("Triton kernels on CPU tensors run under the Triton interpreter: set "
                            "TRITON_INTERPRET=1 before triton is first imported (tests do this in "
                            "tests/conftest.py), or use backend='torch'")
