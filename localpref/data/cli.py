@@ -1,0 +1,159 @@
+"""``localpref data ...``: importers that write steer JSONL, built-in examples, and inspect.
+
+Every subcommand returns an exit code: 0 on success, 1 when the input has an error under
+``--on-error raise`` (the message names file, line and field), 2 for an unusable option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from localpref.data.errors import SteerError
+
+
+def _default_defacto_dir() -> str:
+    shared = os.environ.get("LOCALPREF_SHARED", "../shared")
+    return str(Path(shared) / "data" / "defacto")
+
+
+def _report(what: str, summary: dict[str, Any]) -> None:
+    print(f"{what}: {json.dumps(summary, sort_keys=True)}")
+
+
+def _guard(run):
+    """Turn a ``SteerError`` into a message on stderr and exit code 1."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except SteerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            print("(pass --on-error skip to drop bad rows and count them by reason)", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+@_guard
+def _from_edits(args: argparse.Namespace) -> int:
+    from localpref.data.importers import import_edits
+
+    res = import_edits(args.input, args.output, hunks=args.hunks, complete=not args.partial, on_error=args.on_error)
+    _report(f"wrote {len(res.steers)} steers to {args.output}", res.summary())
+    return 0
+
+
+@_guard
+def _from_trl(args: argparse.Namespace) -> int:
+    from localpref.data.importers import import_preferences
+
+    res = import_preferences(args.input, args.output, completions=args.completions, on_error=args.on_error)
+    _report(f"wrote {len(res.steers)} steers to {args.output}", res.summary())
+    return 0
+
+
+@_guard
+def _from_defacto(args: argparse.Namespace) -> int:
+    from localpref.data.importers import import_defacto
+
+    if not (Path(args.dir) / f"{args.splits[0]}.jsonl").exists():
+        print(f"error: no DeFacto files in {args.dir} (pass --dir)", file=sys.stderr)
+        return 2
+    results = import_defacto(args.dir, args.output, splits=args.splits, hunks=args.hunks, on_error=args.on_error)
+    for split, res in results.items():
+        _report(f"{split}: wrote {len(res.steers)} steers to {Path(args.output) / f'{split}.jsonl'}", res.summary())
+    return 0
+
+
+@_guard
+def _examples(args: argparse.Namespace) -> int:
+    from localpref.data.examples import example_steers
+    from localpref.data.load import write_steers
+
+    try:
+        steers = example_steers(args.split, n=args.n, seed=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {write_steers(steers, args.output)} {args.split} example steers to {args.output}")
+    return 0
+
+
+@_guard
+def _inspect(args: argparse.Namespace) -> int:
+    from localpref.data.inspect import inspect_file
+    from localpref.models import load_tokenizer
+
+    if not Path(args.file).exists():
+        print(f"error: {args.file} does not exist", file=sys.stderr)
+        return 2
+    tokenizer = load_tokenizer(args.tokenizer)
+    inspect_file(args.file, tokenizer, span=args.span, max_length=args.max_length,
+                 context_after=args.context_after, limit=args.limit, on_error=args.on_error)
+    return 0
+
+
+def _on_error(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--on-error", choices=("raise", "skip"), default=default,
+                   help=f"bad rows: stop with an error naming file/line/field, or skip and count them "
+                        f"by reason (default: {default})")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``data`` and its subcommands to the top-level ``localpref`` parser."""
+    data = subparsers.add_parser("data", help="import, generate and inspect steer JSONL files")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    p = sub.add_parser("from-edits", help="{prompt, original, edited} rows -> one steer per edit hunk",
+                       description="Diff each model output against the person's edited version at the "
+                                   "word level; each difference (hunk) becomes a steer whose prefix is "
+                                   "the text before it, and prefix + corrected is a prefix of edited.")
+    p.add_argument("input", help="JSONL with prompt (string or chat messages), original, edited[, id, meta]")
+    p.add_argument("output", help="steer JSONL to write")
+    p.add_argument("--hunks", choices=("first", "all"), default="first",
+                   help="first: one steer per row, at the first edit; all: one per edit, each later "
+                        "prefix with the earlier edits applied (default: first)")
+    p.add_argument("--partial", action="store_true",
+                   help="the texts stop mid-answer: never end the assistant turn (default: they are "
+                        "whole answers, so a continuation reaching their end ends the turn)")
+    _on_error(p, "raise")
+    p.set_defaults(func=_from_edits)
+
+    p = sub.add_parser("from-trl", help="TRL-style {prompt, chosen, rejected} rows -> steers")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--completions", choices=("full", "partial"), required=True,
+                   help="full: chosen/rejected are whole answers (end the turn); partial: they stop mid-answer")
+    _on_error(p, "raise")
+    p.set_defaults(func=_from_trl)
+
+    p = sub.add_parser("from-defacto", help="DeFacto summary corrections -> steers (OUT/{split}.jsonl)")
+    p.add_argument("output", help="folder to write {split}.jsonl into")
+    p.add_argument("--dir", default=_default_defacto_dir(),
+                   help="folder holding DeFacto's {train,val,test}.jsonl (default: $LOCALPREF_SHARED/data/defacto)")
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    p.add_argument("--hunks", choices=("first", "all"), default="first")
+    _on_error(p, "raise")
+    p.set_defaults(func=_from_defacto)
+
+    p = sub.add_parser("examples", help="write the built-in example steers (lists with a checkable rule)")
+    p.add_argument("output")
+    p.add_argument("--split", choices=("train", "eval"), default="train")
+    p.add_argument("--n", type=int, default=None, help="how many (default: 320 train / 80 eval)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_examples)
+
+    p = sub.add_parser("inspect", help="show which tokens each steer trains on, with statistics")
+    p.add_argument("file", help="steer JSONL")
+    p.add_argument("--tokenizer", default="smollm2", help="'smollm2' or a local tokenizer folder")
+    p.add_argument("--span", choices=("hunk", "continuation", "completion"), default="hunk")
+    p.add_argument("--max-length", type=int, default=None, help="longest sequence per side (tokens)")
+    p.add_argument("--context-after", type=int, default=0, help="extra tokens trained on after each hunk")
+    p.add_argument("--limit", type=int, default=5, help="how many steers to show (statistics cover all)")
+    _on_error(p, "skip")
+    p.set_defaults(func=_inspect)
