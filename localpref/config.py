@@ -3,8 +3,9 @@
 ``conf/config.yaml`` starts its defaults list with ``base_config`` (the ``TrainConfig`` schema
 below), so every YAML file in ``conf/`` is merged *into* these dataclasses: a misspelt key or a
 value of the wrong type fails at composition, before any model is built. Defaults live here;
-each YAML file holds only what it changes, with a comment per key. ``???`` marks a value the
-user must give (e.g. ``data.path`` for ``data=jsonl``).
+each YAML file holds only what it changes, with a comment per key. Values required only by some
+choices (``data.path`` for ``data=jsonl``) are checked by ``validate`` before anything loads:
+a YAML ``???`` cannot express them, because merging ``???`` keeps the schema's default.
 
 Which group configures what:
     model/      ModelConfig       which weights and tokenizer

@@ -192,7 +192,11 @@ def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.T
 
 def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     """Train as configured; returns the final held-out metrics (``eval/...``)."""
-    cfg = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg  # typed; ??? fails here
+    if isinstance(cfg, DictConfig):
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:  # to_object would silently fall back to the schema's default for these
+            raise ValueError(f"missing required config values (???): {', '.join(missing)}")
+        cfg = OmegaConf.to_object(cfg)  # the typed TrainConfig
     validate(cfg)
     t = cfg.trainer
     procs = init_processes(t.device)
