@@ -228,11 +228,15 @@ def _convert(numbered_rows: Iterable[tuple[int, Any]], convert: RowConverter, *,
         try:
             if not isinstance(row, Mapping):
                 raise SteerError("wrong_type", f"a row must be a JSON object, got {type(row).__name__}")
-            steers = [validate_steer(s) for s in convert(row, line, result.counts)]
+            steers = convert(row, line, result.counts)
         except SteerError as e:
             result.skipped.handle(e.located(file=file, line=line), on_error)
             continue
-        result.steers.extend(steers)
+        for steer in steers:  # one bad hunk does not cost the row's other steers
+            try:
+                result.steers.append(validate_steer(steer))
+            except SteerError as e:
+                result.skipped.handle(e.located(file=file, line=line), on_error)
     return result
 
 
