@@ -235,17 +235,10 @@ def _steer(family: Family, params: dict, n: int, j: int, seed: int) -> Steer:
     )
 
 
-def example_steers(split: str = "train", n: int | None = None, seed: int = 0) -> list[Steer]:
-    """Deterministic example steers for ``split`` ("train" or "eval").
-
-    ``n`` defaults to ``DEFAULT_N[split]`` (320 / 80); families are interleaved round-robin
-    after a seeded shuffle of each family's (parameters, list length, error position) pool, so
-    any prefix of the result is balanced across families. Raises ``ValueError`` if ``n``
-    exceeds the pool.
-    """
+def _pool(split: str, seed: int) -> list[tuple[Family, dict, int, int]]:
+    """All (family, params, list length, error position) of a split, seeded, families interleaved."""
     if split not in DEFAULT_N:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    n = DEFAULT_N[split] if n is None else n
     order = random.Random(f"{seed}/order/{split}")
     pools = []
     for family in FAMILIES:
@@ -254,10 +247,27 @@ def example_steers(split: str = "train", n: int | None = None, seed: int = 0) ->
         order.shuffle(pool)
         if pool:
             pools.append(pool)
-    interleaved = [pool[r] for r in range(max(map(len, pools))) for pool in pools if r < len(pool)]
-    if n > len(interleaved):
-        raise ValueError(f"asked for {n} {split} steers, but only {len(interleaved)} exist")
-    return [_steer(f, p, k, j, seed) for f, p, k, j in interleaved[:n]]
+    return [pool[r] for r in range(max(map(len, pools))) for pool in pools if r < len(pool)]
+
+
+def pool_size(split: str) -> int:
+    """How many distinct example steers ``split`` has (the largest valid ``n``)."""
+    return len(_pool(split, 0))
+
+
+def example_steers(split: str = "train", n: int | None = None, seed: int = 0) -> list[Steer]:
+    """Deterministic example steers for ``split`` ("train" or "eval").
+
+    ``n`` defaults to ``DEFAULT_N[split]`` (320 / 80); families are interleaved round-robin
+    after a seeded shuffle of each family's (parameters, list length, error position) pool, so
+    any prefix of the result is balanced across families. Raises ``ValueError`` if ``n``
+    exceeds ``pool_size(split)``.
+    """
+    pool = _pool(split, seed)
+    n = DEFAULT_N[split] if n is None else n
+    if n > len(pool):
+        raise ValueError(f"asked for {n} {split} steers, but only {len(pool)} exist")
+    return [_steer(f, p, k, j, seed) for f, p, k, j in pool[:n]]
 
 
 def check_item(meta: dict[str, Any], item: str) -> bool:
