@@ -101,3 +101,12 @@ def test_from_defacto_command(defacto_dir, tmp_path, capsys):
     assert "val: wrote" in report
     assert len(load_steers(tmp_path / "val.jsonl")) > 0
     assert main(["data", "from-defacto", str(tmp_path), "--dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_histogram_bins_by_hand():
+    from localpref.data.inspect import histogram, histogram_lines
+
+    assert histogram([1, 1, 2, 3, 4, 5, 9]) == [(1, 1, 2), (2, 2, 1), (3, 4, 2), (5, 8, 1), (9, 16, 1)]
+    assert histogram([0, 3]) == [(0, 0, 1), (1, 1, 0), (2, 2, 0), (3, 4, 1)]
+    assert histogram([]) == []
+    assert histogram_lines([1, 1, 3], width=4) == ["        1 | ████ 2", "        2 |  0", "      3-4 | ██ 1"]

@@ -124,7 +124,8 @@ def _numeric(check: Callable[[dict, int], bool]) -> Callable[[dict, str], bool]:
     return lambda p, item: (v := _int(item)) is not None and check(p, v)
 
 
-def _bad_number(check: Callable[[dict, int], bool], plausible: Callable[[dict, int], bool], upper: Callable[[dict], int] | None = None):
+def _bad_number(check: Callable[[dict, int], bool], plausible: Callable[[dict, int], bool],
+                upper: Callable[[dict], int] | None = None) -> Callable[[dict, list[str], int, random.Random], str]:
     """An invalid number strictly between the neighbours of position j (keeps the list ascending)."""
 
     def bad(p: dict, items: list[str], j: int, rng: random.Random) -> str:
@@ -142,7 +143,7 @@ def _bad_number(check: Callable[[dict, int], bool], plausible: Callable[[dict, i
     return bad
 
 
-def _consecutive(step: Callable[[dict, int], bool]):
+def _consecutive(step: Callable[[dict, int], bool]) -> Callable[[dict, int, random.Random], list[str]]:
     """The n smallest valid numbers above x (a canonical, checkable answer)."""
 
     def answer(p: dict, n: int, rng: random.Random) -> list[str]:
@@ -156,7 +157,9 @@ def _consecutive(step: Callable[[dict, int], bool]):
     return answer
 
 
-def _sampled_range(parity: int):
+def _sampled_range(parity: int) -> Callable[[dict, int, random.Random], list[str]]:
+    """n distinct numbers of the given parity strictly between lo and hi, ascending."""
+
     def answer(p: dict, n: int, rng: random.Random) -> list[str]:
         pool = [v for v in range(p["lo"] + 1, p["hi"]) if v % 2 == parity]
         return [str(v) for v in sorted(rng.sample(pool, n))]
@@ -164,19 +167,40 @@ def _sampled_range(parity: int):
     return answer
 
 
-def _prime(p, v): return v > p["x"] and _is_prime(v)
-def _multiple(p, v): return v > p["x"] and v % p["k"] == 0
-def _square(p, v): return v > p["x"] and math.isqrt(v) ** 2 == v
-def _power2(p, v): return v > p["x"] and v & (v - 1) == 0
-def _parity(parity): return lambda p, v: p["lo"] < v < p["hi"] and v % 2 == parity
+# Rules as (params, value) -> bool, and how the word/country families draw items.
+def _prime(p: dict, v: int) -> bool:
+    return v > p["x"] and _is_prime(v)
 
 
-def _word_answer(p, n, rng): return rng.sample(WORDS[p["letter"]], n)
-def _word_bad(p, items, j, rng):
-    return rng.choice(sorted({w for L, ws in WORDS.items() if L != p["letter"] for w in ws}))
-def _country_answer(p, n, rng):
+def _multiple(p: dict, v: int) -> bool:
+    return v > p["x"] and v % p["k"] == 0
+
+
+def _square(p: dict, v: int) -> bool:
+    return v > p["x"] and math.isqrt(v) ** 2 == v
+
+
+def _power2(p: dict, v: int) -> bool:
+    return v > p["x"] and v & (v - 1) == 0
+
+
+def _parity(parity: int) -> Callable[[dict, int], bool]:
+    return lambda p, v: p["lo"] < v < p["hi"] and v % 2 == parity
+
+
+def _word_answer(p: dict, n: int, rng: random.Random) -> list[str]:
+    return rng.sample(WORDS[p["letter"]], n)
+
+
+def _word_bad(p: dict, items: list[str], j: int, rng: random.Random) -> str:
+    return rng.choice(sorted({w for letter, ws in WORDS.items() if letter != p["letter"] for w in ws}))
+
+
+def _country_answer(p: dict, n: int, rng: random.Random) -> list[str]:
     return rng.sample([c for c in COUNTRIES[p["continent"]] if c not in _TRANSCONTINENTAL], n)
-def _country_bad(p, items, j, rng):
+
+
+def _country_bad(p: dict, items: list[str], j: int, rng: random.Random) -> str:
     return rng.choice([c for k, cs in COUNTRIES.items() if k != p["continent"] for c in cs
                        if c not in _TRANSCONTINENTAL])
 
