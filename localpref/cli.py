@@ -3,6 +3,7 @@
     localpref data from-edits IN OUT      edited outputs -> steer JSONL
     localpref data from-trl IN OUT        TRL-style preference rows -> steer JSONL
     localpref data from-defacto OUT       DeFacto human corrections -> steer JSONL
+    localpref data examples OUT           built-in example steers -> steer JSONL
     localpref data inspect FILE           show which tokens each steer trains on
     localpref train [hydra overrides]     the training entry point (Hydra)
     localpref demo                        the main job on the embedded default

@@ -4,7 +4,7 @@ Public names are re-exported lazily so that ``import localpref.data`` stays chea
 transformers import) and each submodule can be read on its own:
 
     Steer, SteerError, SkipCounter          schema.py, errors.py
-    load_steers                             load.py      JSONL / HF datasets -> validated steers
+    load_steers, SteerList, write_steers    load.py      JSONL / HF datasets <-> validated steers
     tokenize_steer, tokenize_steers,        tokenize.py  render, tokenize, find the span
     TokenizedSteer
     example_steers                          examples.py  built-in deterministic steers
@@ -20,6 +20,8 @@ _EXPORTS = {
     "SteerError": "errors",
     "SkipCounter": "errors",
     "load_steers": "load",
+    "SteerList": "load",
+    "write_steers": "load",
     "tokenize_steer": "tokenize",
     "tokenize_steers": "tokenize",
     "TokenizedSteer": "tokenize",
