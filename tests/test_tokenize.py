@@ -241,22 +241,21 @@ def test_slow_tokenizer_path_agrees_with_offsets(smollm2_tokenizer, bpe_tokenize
 texts = st.text(alphabet="ab exampl,.\n\téΩω🙂", max_size=12)
 
 
-def _check_properties(tok, steer: Steer, span: str, prompt_text: str) -> None:
+def _check_properties(tok, steer: Steer, span: str, prompt_text: str, lead: int) -> None:
+    """Properties of one steer; ``lead``: special tokens prepended to a plain prompt (a BOS)."""
     chosen_text = prompt_text + steer.prefix + steer.corrected
     rejected_text = prompt_text + steer.prefix + steer.rejected
+    encs = [tok(t, add_special_tokens=False, return_offsets_mapping=True) for t in (chosen_text, rejected_text)]
+    c, r = (e["input_ids"] for e in encs)
     try:
         ts = tokenize_steer(steer, tok, span=span)
     except SteerError as e:
-        # errors only where the steer really has no competing tokens, checked independently
-        c = tok(chosen_text, add_special_tokens=False)["input_ids"]
-        r = tok(rejected_text, add_special_tokens=False)["input_ids"]
+        # errors only where the steer really has no competing completion tokens
         if e.reason == "identical_continuations":
             assert c == r
         elif e.reason == "divergence_in_prompt":  # a competing token lies inside the prompt text
-            ends = [[end for _, end in tok(t, add_special_tokens=False, return_offsets_mapping=True)
-                     ["offset_mapping"]] for t in (chosen_text, rejected_text)]
             p = common_prefix_len(c, r)
-            assert min(ends[0][p], ends[1][p]) <= len(prompt_text)
+            assert min(encs[0]["offset_mapping"][p][1], encs[1]["offset_mapping"][p][1]) <= len(prompt_text)
         else:
             assert e.reason == "prefix_continuation" and c != r
             assert common_prefix_len(c, r) == min(len(c), len(r))
@@ -264,23 +263,26 @@ def _check_properties(tok, steer: Steer, span: str, prompt_text: str) -> None:
     assert steer.corrected != steer.rejected  # masks non-empty => texts differ (and below: non-empty)
     p = ts.prefix_len
     assert ts.chosen_ids[:p] == ts.rejected_ids[:p] and ts.chosen_ids[p] != ts.rejected_ids[p]
-    for ids, span_mask, completion_mask, text in [
-        (ts.chosen_ids, ts.chosen_span_mask, ts.chosen_completion_mask, chosen_text),
-        (ts.rejected_ids, ts.rejected_span_mask, ts.rejected_completion_mask, rejected_text),
+    for ids, span_mask, completion_mask, enc in [
+        (ts.chosen_ids, ts.chosen_span_mask, ts.chosen_completion_mask, encs[0]),
+        (ts.rejected_ids, ts.rejected_span_mask, ts.rejected_completion_mask, encs[1]),
     ]:
         assert len(ids) == len(span_mask) == len(completion_mask)
         assert any(span_mask) and not any(s and not c for s, c in zip(span_mask, completion_mask))
         assert completion_mask == [i >= ts.prompt_len for i in range(len(ids))]
         assert span_mask[ts.prompt_len if span == "completion" else p]
         # nothing outside the assistant completion is masked: every completion token covers
-        # at least one character after the rendered prompt
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        assert enc["input_ids"] == ids
-        assert all(end > len(prompt_text) for (_, end), m in zip(enc["offset_mapping"], completion_mask) if m)
+        # at least one character after the rendered prompt (leading specials: none)
+        assert ids[lead:] == enc["input_ids"] and not any(completion_mask[:lead])
+        assert all(end > len(prompt_text) for (_, end), m in zip(enc["offset_mapping"], completion_mask[lead:]) if m)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prefix=texts, rejected=texts, corrected=texts, span=st.sampled_from(["hunk", "continuation", "completion"]))
+spans = st.sampled_from(["hunk", "continuation", "completion"])
+fixture_ok = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@fixture_ok
+@given(prefix=texts, rejected=texts, corrected=texts, span=spans)
 def test_properties_smollm2_chat(smollm2_tokenizer, prefix, rejected, corrected, span):
     tok = smollm2_tokenizer
     steer = Steer(prompt=CHAT, prefix=prefix, rejected=rejected, corrected=corrected)
@@ -288,16 +290,45 @@ def test_properties_smollm2_chat(smollm2_tokenizer, prefix, rejected, corrected,
         with pytest.raises(SteerError, match="identical"):
             tokenize_steer(steer, tok, span=span)
         return
-    _check_properties(tok, steer, span, tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True))
+    _check_properties(tok, steer, span, tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True), 0)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prefix=texts, rejected=texts, corrected=texts, span=st.sampled_from(["hunk", "continuation", "completion"]))
-def test_properties_trained_bpe_chat(bpe_tokenizer, prefix, rejected, corrected, span):
+@fixture_ok
+@given(prompt=texts, prefix=texts, rejected=texts, corrected=texts, span=spans, chat=st.booleans())
+def test_properties_trained_bpe(bpe_tokenizer, prompt, prefix, rejected, corrected, span, chat):
+    """Chat prompts (ending in a special token) and random plain prompts (merging with the prefix)."""
     tok = bpe_tokenizer
-    steer = Steer(prompt=CHAT, prefix=prefix, rejected=rejected, corrected=corrected)
+    steer = Steer(prompt=CHAT if chat else prompt, prefix=prefix, rejected=rejected, corrected=corrected)
     if rejected == corrected:
         with pytest.raises(SteerError, match="identical"):
             tokenize_steer(steer, tok, span=span)
         return
-    _check_properties(tok, steer, span, tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True))
+    prompt_text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) if chat else prompt
+    _check_properties(tok, steer, span, prompt_text, lead=0 if chat else 1)
+
+
+@fixture_ok
+@given(prompt=texts, prefix=texts, rejected=texts, corrected=texts, span=spans, max_length=st.integers(1, 16))
+def test_truncation_properties(bpe_tokenizer, prompt, prefix, rejected, corrected, span, max_length):
+    """Against the documented rule: drop after the BOS up to the span, then cut tails after it."""
+    steer = Steer(prompt=prompt, prefix=prefix, rejected=rejected, corrected=corrected)
+    try:
+        full = tokenize_steer(steer, bpe_tokenizer, span=span)
+    except SteerError:
+        return
+    start = full.chosen_span_mask.index(True)
+    ends = [len(m) - m[::-1].index(True) for m in (full.chosen_span_mask, full.rejected_span_mask)]
+    drop = max(0, min(max(len(full.chosen_ids), len(full.rejected_ids)) - max_length, start - 1))
+    if max(ends) - drop > max_length:
+        with pytest.raises(SteerError) as e:
+            tokenize_steer(steer, bpe_tokenizer, span=span, max_length=max_length)
+        assert e.value.reason == "span_too_long"
+        return
+    ts = tokenize_steer(steer, bpe_tokenizer, span=span, max_length=max_length)
+    assert ts.truncated_left == drop and ts.span_ids() == full.span_ids()
+    kept = lambda xs: (xs[:1] + xs[1 + drop:])[:max_length]  # noqa: E731  (positions that survive)
+    assert ts.chosen_ids == kept(full.chosen_ids) and ts.rejected_ids == kept(full.rejected_ids)
+    assert ts.chosen_ids[0] == bpe_tokenizer.bos_token_id  # the trained tokenizer's <bos> is always kept
+    assert ts.chosen_completion_mask == kept(full.chosen_completion_mask)
+    assert ts.rejected_span_mask == kept(full.rejected_span_mask)
+    assert ts.prefix_len == full.prefix_len - drop
