@@ -331,6 +331,9 @@ def summarize(records: list[dict], device: str) -> None:
     print(f"  worst extra memory of the kernels: {worst / 2**20:.1f} MiB (target <= 64 MiB)")
 
 
+COLORS = {"naive": "tab:gray", "reference": "tab:blue", "triton": "tab:red", "liger": "tab:green"}
+
+
 def plot(records: list[dict], path: Path) -> None:
     """Time and peak memory of every path (fwd+bwd), one panel per op and measure."""
     import matplotlib
@@ -343,7 +346,7 @@ def plot(records: list[dict], path: Path) -> None:
     for j, op in enumerate(ops):
         rs = [r for r in records if r["op"] == op and r["mode"] == "fwd+bwd"]
         cases = sorted({(r["dtype"], r["n"], r["rows"], r["v"]) for r in rs})
-        paths = sorted({r["path"] for r in rs})
+        paths = [p for p in COLORS if any(r["path"] == p for r in rs)]
         width = 0.8 / max(1, len(paths))
         for i, key in enumerate(("ms", "peak_bytes")):
             ax = axes[i][j]
@@ -351,7 +354,8 @@ def plot(records: list[dict], path: Path) -> None:
                 vals = [next((r[key] for r in rs if r["path"] == p and
                               (r["dtype"], r["n"], r["rows"], r["v"]) == c), 0) for c in cases]
                 vals = [x / 2**20 if key == "peak_bytes" else x for x in vals]
-                ax.bar([c + k * width for c in range(len(cases))], vals, width, label=p)
+                ax.bar([c + k * width for c in range(len(cases))], vals, width, label=p,
+                       color=COLORS[p])
             ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))])
             ax.set_xticklabels([f"{dt}\nn={n}\nrows={r}\nv={v}" for dt, n, r, v in cases],
                                fontsize=7)
