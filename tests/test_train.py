@@ -1,0 +1,138 @@
+"""The training loop on a tiny model: normalization, references, learning, multirun."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from localpref.train import CONF_DIR, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(run_dir: Path, *overrides: str) -> list[dict]:
+    """Train with debug=tiny plus overrides; return the metrics rows."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["debug=tiny", f"run_dir={run_dir}", *overrides])
+    train(cfg)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run_dir / "checkpoints" / latest / "trainable.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+SGD = ["trainer.optimizer=sgd", "trainer.lr=1.0", "trainer.schedule=constant", "trainer.max_grad_norm=null",
+       "trainer.max_steps=1"]
+
+
+@pytest.mark.parametrize("loss", ["localized", "sft"])
+def test_accumulation_gives_the_gradient_of_one_big_batch(loss, tmp_path):
+    # One SGD step with lr=1 moves the weights by exactly the gradient: 1 micro-batch of 4 pairs,
+    # 2 of 2 and 4 of 1 must agree. For SFT the normalizer is the token count, which differs
+    # between micro-batches, so a per-micro-batch mean would fail this test.
+    runs = {}
+    for micro, accum in [(4, 1), (2, 2), (1, 4)]:
+        d = tmp_path / f"{micro}x{accum}"
+        rows = run(d, f"loss={loss}", *SGD, f"trainer.micro_batch_size={micro}", f"trainer.grad_accum={accum}")
+        runs[(micro, accum)] = (final_weights(d), next(r["train/loss"] for r in rows if "train/loss" in r))
+    (w, l), *others = runs.values()
+    for w2, l2 in others:
+        assert l2 == pytest.approx(l, rel=1e-6)
+        # fp32 sums in a different order: a few ulps of the largest gradient entries.
+        assert_same_weights(w, w2, atol=1e-6)
+
+
+def test_first_step_preference_loss_is_log_two(tmp_path):
+    # Policy == reference at step 1, so every margin is 0 and -log sigmoid(0) = log 2 (DPO eq. 7).
+    rows = run(tmp_path, "loss=dpo")
+    first = next(r for r in rows if "train/loss" in r)
+    assert first["step"] == 1
+    assert first["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_localized_training_learns_the_corrections(tmp_path):
+    # 40 steps at a high lr on 16 steers: the span reward margin on the training pairs must grow
+    # and the loss fall below log 2 (a tiny random model can memorize 16 one-token edits).
+    rows = run(tmp_path, "trainer.max_steps=40", "trainer.lr=3e-3", "trainer.micro_batch_size=4",
+               "trainer.schedule=constant", "loss.beta=0.5")
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert len(train_rows) == 40
+    last = sum(r["train/loss"] for r in train_rows[-5:]) / 5
+    assert last < 0.5 < math.log(2)
+    assert train_rows[-1]["train/rewards/margins"] > 0.5
+    assert train_rows[-1]["train/epoch"] >= 9  # 16 pairs / 4 per step: wrapped around epochs
+
+
+@pytest.mark.parametrize("loss", ["localized", "dpo"])
+def test_precomputed_reference_equals_frozen_copy(loss, tmp_path, monkeypatch):
+    from localpref.models import cache_root, smollm2_dir
+
+    smollm2_dir()  # converted once in the real cache; the private cache below links to it
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(cache_root() / "models")
+    monkeypatch.setenv("LOCALPREF_CACHE", str(tmp_path / "cache"))
+    run(tmp_path / "copy", f"loss={loss}", "reference=copy")
+    rows = run(tmp_path / "pre", f"loss={loss}", "reference=precomputed")
+    # Same numbers by a different route: cached fp32 log-probs vs a live frozen copy.
+    assert_same_weights(final_weights(tmp_path / "copy"), final_weights(tmp_path / "pre"), atol=1e-7)
+    cache = Path(next(r["data/reference_cache"] for r in rows if "data/reference_cache" in r))
+    assert cache.parent == tmp_path / "cache" / "reflogps"
+    table = load_file(str(cache / "logps.safetensors"))
+    assert len(table) == 2 * 16  # chosen and rejected of each training pair
+    # Another run over the same model and data (here: the other loss of a sweep) reuses the table.
+    stamp = (cache / "logps.safetensors").stat().st_mtime_ns
+    other = "dpo" if loss == "localized" else "localized"
+    rows2 = run(tmp_path / "pre2", f"loss={other}", "reference=precomputed")
+    assert next(r["data/reference_cache"] for r in rows2 if "data/reference_cache" in r) == str(cache)
+    assert (cache / "logps.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_adapter_disabled_reference_equals_frozen_copy_with_lora(tmp_path):
+    run(tmp_path / "copy", "peft=lora", "reference=copy", "trainer.max_steps=3")
+    run(tmp_path / "off", "peft=lora", "reference=adapter_disabled", "trainer.max_steps=3")
+    a, b = final_weights(tmp_path / "copy"), final_weights(tmp_path / "off")
+    assert all("lora_" in k for k in a)  # only the adapters are trained (and checkpointed)
+    assert_same_weights(a, b, atol=1e-7)
+
+
+def test_eval_metrics_before_training_are_the_references(tmp_path):
+    rows = run(tmp_path)
+    before = next(r for r in rows if "eval/span/margin" in r)
+    assert before["step"] == 0
+    assert before["eval/span/margin"] == 0.0 and before["eval/span/reward_accuracy"] == 0.0
+    assert before["eval/drift/kl"] == pytest.approx(0.0, abs=1e-7)
+    assert before["eval/span/nll"] > 0 and before["eval/drift/nll"] > 0
+    after = [r for r in rows if "eval/span/margin" in r][-1]
+    assert after["step"] == 2 and after["eval/drift/kl"] > 0
+
+
+@pytest.mark.slow
+def test_three_run_multirun_completes(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "localpref.train", "-m", "debug=tiny", "loss=sft,dpo,localized",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.rglob("metrics.jsonl"))
+    assert [p.name for p in runs] == [f"debug=tiny,loss={m}" for m in ("dpo", "localized", "sft")]
+    for p in runs:
+        rows = [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
+        assert any(r["step"] == 2 and "train/loss" in r for r in rows)
