@@ -43,8 +43,9 @@ __all__ = ["linear_gather_logps_triton", "reference"]
 BLOCKS = (128, 128, 64)
 """(BLOCK_N, BLOCK_V, BLOCK_D) on GPU: an H100-sized bf16 matmul tile (untuned: no GPU here)."""
 
-GRAD_CHUNK_BYTES = 64 * 2**20
-"""Budget of the backward's (n, width) gradient-of-logits buffer, in the input dtype."""
+GRAD_CHUNK_BYTES = 60 * 2**20
+"""Backward scratch budget: the (n, width) gradient-of-logits buffer, plus the fp32 grad_hidden
+sum when one is used (issue #4 asks for <= 64 MiB beyond inputs, outputs and gradients)."""
 
 
 @triton.jit
@@ -191,15 +192,18 @@ class _LinearGatherLogpsTriton(torch.autograd.Function):
         bn, bv, bd = ctx.blocks
         cfg = _dot_config(hidden)
         g = grad_out.contiguous()  # (n,)
-        # Vocabulary chunks of `width` columns: G (n, width) stays under the byte budget.
-        width = max(bv, ctx.grad_chunk_bytes // (n * hidden.element_size()) // bv * bv)
+        # grad_hidden sums over vocabulary chunks. In bf16/fp16 keep that sum in fp32 when it
+        # (n*d*4 bytes) and the per-chunk product (n*d*2) fit in half the budget (the span
+        # regime); otherwise it is rounded once per chunk.
+        budget = ctx.grad_chunk_bytes
+        exact = hidden.dtype in (torch.float32, torch.float64)
+        fp32_sum = need_h and not exact and n * d * 6 <= budget // 2
+        budget = budget // 2 if fp32_sum else budget
+        # Vocabulary chunks of `width` columns: G (n, width) stays under the rest of the budget.
+        width = max(bv, budget // (n * hidden.element_size()) // bv * bv)
         width = min(width, triton.cdiv(v, bv) * bv)
         G = torch.empty(n, width, dtype=hidden.dtype, device=hidden.device)  # reused per chunk
         grad_w = torch.empty(v, d, dtype=weight.dtype, device=weight.device) if need_w else None
-        # grad_hidden sums over chunks. In bf16/fp16 keep that sum in fp32 when an fp32 (n, d)
-        # fits the budget (the span regime); otherwise it is rounded once per chunk.
-        exact = hidden.dtype in (torch.float32, torch.float64)
-        fp32_sum = not exact and n * d * 4 <= ctx.grad_chunk_bytes
         grad_h = None
         if need_h:
             grad_h = torch.zeros(n, d, dtype=torch.float32 if fp32_sum else hidden.dtype,
