@@ -14,8 +14,11 @@ on the other neighbour.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -287,6 +290,53 @@ def test_out_of_range_targets_raise_like_the_reference():
         for fn in (linear_gather_logps_triton, linear_reference):
             with pytest.raises(ValueError, match=r"\[0, 30\)"):
                 fn(torch.randn(2, 16, device=DEVICE), weight, targets)
+
+
+class _PeakNewBytes(TorchDispatchMode):
+    """Peak bytes of live storages created by ATen ops while active (what a path allocates)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        seen = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                if isinstance(a, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                storage = t.untyped_storage()
+                seen.add(storage.data_ptr())
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, storage.nbytes())
+        return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scratch_memory_stays_within_budget(dtype):
+    """Beyond the outputs and gradients, the kernels allocate (n, splits) partials, the (n,)
+    logsumexp, and in the linear backward at most ``grad_chunk_bytes`` (issue #4: <= 64 MiB)."""
+    n, d, v, budget = 20, 32, 300, 20 * 64 * 2  # a 64-column G chunk in bf16, 32 in fp32
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(n, v, generator=gen).to(dtype).requires_grad_()
+    hidden = torch.randn(n, d, generator=gen).to(dtype).requires_grad_()
+    weight = torch.randn(v, d, generator=gen).to(dtype).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen)
+    # (2, n, splits) partials with splits <= 2 here, lse, out, contiguous grad_out: ~570 bytes.
+    small = 1024
+    with _PeakNewBytes() as meter:
+        out = gather_logps_triton(logits, targets, block_v=32)
+        (grad,) = torch.autograd.grad(out.sum(), logits)
+    assert meter.peak - grad.nbytes <= small
+    with _PeakNewBytes() as meter:
+        out = linear_gather_logps_triton(hidden, weight, targets, blocks=(16, 32, 16),
+                                         grad_chunk_bytes=budget)
+        grads = torch.autograd.grad(out.sum(), (hidden, weight))
+    assert meter.peak - sum(g.nbytes for g in grads) <= budget + small
 
 
 # ------------------------------------------------------------------------------------------
