@@ -147,6 +147,11 @@ def _backward_kernel(logits_ptr, stride_n, stride_v, targets_ptr, lse_ptr, g_ptr
     tl.store(grad_ptr + row * v + cols, grad.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
+def combine_rows(block_s: int) -> int:
+    """Rows per combine program: a (rows, block_s) tile of at most 8k partials, no spills."""
+    return max(2, min(64, 8192 // block_s))
+
+
 def _splits(n: int, tiles: int, device: torch.device, num_splits: int | None) -> int:
     """Vocabulary slices per row: enough programs for the device, never an empty slice."""
     want = num_splits if num_splits is not None else triton.cdiv(num_programs_wanted(device), n)
@@ -171,10 +176,11 @@ class _GatherLogpsTriton(torch.autograd.Function):
         _partial_lse_kernel[(n, splits)](logits, logits.stride(0), logits.stride(1), part, v,
                                          tiles_per_split, BLOCK_V=block_v, ACC=acc_tl,
                                          num_warps=8 if block_v >= 2048 else 4)
-        block_n = 64
+        block_s = triton.next_power_of_2(splits)
+        block_n = combine_rows(block_s)
         _combine_kernel[(triton.cdiv(n, block_n),)](
             logits, logits.stride(0), logits.stride(1), targets, part, out, lse, n, splits,
-            BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(splits), ACC=acc_tl)
+            BLOCK_N=block_n, BLOCK_S=block_s, ACC=acc_tl)
         ctx.save_for_backward(logits, targets, lse)
         ctx.block_v = block_v
         return out

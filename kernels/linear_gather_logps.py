@@ -21,8 +21,8 @@ read-modify-write of the (v, d) gradient) and ``grad_hidden += G @ W[chunk]``. C
 vocabulary rather than the rows matters at d = 4096, v = 128k: row chunks would re-read and
 re-write the 1 GiB bf16 ``grad_weight`` once per chunk (~20 ms of traffic on an H100 at n = 8192),
 vocabulary chunks re-touch only the (n, d) ``grad_hidden``. Precision: in bf16, ``grad_hidden``
-is summed in fp32 when an fp32 (n, d) fits the budget (spans of a few thousand rows), else rounded
-once per chunk. Doubt written down: a fully fused backward (no ``G`` buffer) would need an fp32
+is summed in fp32 when an fp32 (n, d) fits half the budget (spans of up to ~1k rows at d = 4096),
+else rounded once per chunk. Doubt written down: a fully fused backward (no ``G`` buffer) would need an fp32
 (n, d) or (v, d) accumulator or recomputing the logits once per ``d`` block; at d = 4096 we
 expect both to lose to the bounded buffer plus cuBLAS, but this is unmeasured (no GPU here).
 """
@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from localpref.kernels.gather_logps import (acc_dtypes, check_launchable, check_targets,
-                                            num_programs_wanted)
+                                            combine_rows, num_programs_wanted)
 from localpref.logprobs import linear_gather_logps_reference as reference
 
 __all__ = ["linear_gather_logps_triton", "reference"]
@@ -176,8 +176,10 @@ class _LinearGatherLogpsTriton(torch.autograd.Function):
             hidden, *hidden.stride(), weight, *weight.stride(), targets, part, n, v, d,
             tiles_per_split, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, **cfg,
             num_warps=8 if bn * bv >= 128 * 128 else 4, num_stages=3)
-        _combine_kernel[(triton.cdiv(n, 64),)](part, out, lse, n, splits, BLOCK_N=64,
-                                               BLOCK_S=triton.next_power_of_2(splits))
+        block_s = triton.next_power_of_2(splits)
+        block_n = combine_rows(block_s)
+        _combine_kernel[(triton.cdiv(n, block_n),)](part, out, lse, n, splits, BLOCK_N=block_n,
+                                                    BLOCK_S=block_s)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.blocks, ctx.grad_chunk_bytes = blocks, grad_chunk_bytes
         return out

@@ -81,8 +81,10 @@ def _value_and_grads(fn, inputs: list[torch.Tensor], upstream: torch.Tensor):
 # ------------------------------------------------------------------------------------------
 
 # (n, v, block_v, num_splits): v not a multiple of the block; one row split over the vocabulary;
-# a split count that does not divide the tiles; more splits asked than tiles exist.
-GATHER_CASES = [(5, 300, 64, None), (1, 257, 32, 3), (4, 300, 64, 2), (3, 50, 16, 64)]
+# a split count that does not divide the tiles; more splits asked than tiles exist; 150 slices,
+# so the combine step reads a (rows, 256) tile with fewer rows per program.
+GATHER_CASES = [(5, 300, 64, None), (1, 257, 32, 3), (4, 300, 64, 2), (3, 50, 16, 64),
+                (2, 300, 2, 150)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
