@@ -54,7 +54,8 @@ def check_launchable(*tensors: Tensor) -> None:
     """Raise unless the tensors can be handed to a Triton kernel in this process."""
     device = tensors[0].device
     if any(t.device != device for t in tensors):
-        raise ValueError(f"all inputs must be on one device, got {[str(t.device) for t in tensors]}")
+        devices = [str(t.device) for t in tensors]
+        raise ValueError(f"all inputs must be on one device, got {devices}")
     if device.type == "cpu" and not interpreted():
         raise RuntimeError("Triton kernels on CPU tensors run under the Triton interpreter: set "
                            "TRITON_INTERPRET=1 before triton is first imported (tests do this in "

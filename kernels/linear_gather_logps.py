@@ -1,17 +1,18 @@
 """Triton kernel: hidden states + output projection -> log p(target), never writing all logits.
 
-Naive equivalent (the reference, re-exported here as ``reference``, accumulates logits in fp32 too)::
+Naive equivalent (the reference, re-exported here as ``reference``; logits accumulate in fp32)::
 
-    torch.log_softmax(hidden.float() @ weight.float().T, -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.log_softmax(hidden.float() @ weight.float().T, -1).gather(-1, targets[:, None])
+    .squeeze(-1)
 
 Shapes: ``n`` selected rows (span tokens only, so cost scales with the span, not the sequence),
 ``d`` hidden size, ``v`` vocabulary.
 
-Forward (one fused kernel + a tiny combine): a ``(row blocks, vocabulary slices)`` grid; each program
-computes ``(BLOCK_N, BLOCK_V)`` logit tiles with ``tl.dot`` over ``BLOCK_D`` chunks of ``d`` (fp32
-accumulation), folds each tile into a running max / sum of exponentials per row, and picks the
-target logit when it falls in the tile. It writes per (row, slice) a partial logsumexp and the
-partial target logit; the combine kernel merges slices. Logits live only in registers.
+Forward (one fused kernel + a tiny combine): a ``(row blocks, vocabulary slices)`` grid; each
+program computes ``(BLOCK_N, BLOCK_V)`` logit tiles with ``tl.dot`` over ``BLOCK_D`` chunks of
+``d`` (fp32 accumulation), folds each tile into a running max / sum of exponentials per row, and
+picks the target logit when it falls in the tile. It writes per (row, slice) a partial logsumexp
+and the partial target logit; the combine kernel merges slices. Logits live only in registers.
 
 Backward, by vocabulary chunks sized so one ``(n, width)`` block fits in ``GRAD_CHUNK_BYTES``:
 a Triton kernel recomputes the logit tiles (the same fp32 ``tl.dot`` as forward, so consistent
@@ -22,9 +23,10 @@ vocabulary rather than the rows matters at d = 4096, v = 128k: row chunks would 
 re-write the 1 GiB bf16 ``grad_weight`` once per chunk (~20 ms of traffic on an H100 at n = 8192),
 vocabulary chunks re-touch only the (n, d) ``grad_hidden``. Precision: in bf16, ``grad_hidden``
 is summed in fp32 when an fp32 (n, d) fits half the budget (spans of up to ~1k rows at d = 4096),
-else rounded once per chunk. Doubt written down: a fully fused backward (no ``G`` buffer) would need an fp32
-(n, d) or (v, d) accumulator or recomputing the logits once per ``d`` block; at d = 4096 we
-expect both to lose to the bounded buffer plus cuBLAS, but this is unmeasured (no GPU here).
+else rounded once per chunk. Doubt written down: a fully fused backward (no ``G`` buffer) would
+need an fp32 (n, d) or (v, d) accumulator or recomputing the logits once per ``d`` block; at
+d = 4096 we expect both to lose to the bounded buffer plus cuBLAS, but this is unmeasured (no
+GPU here).
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def _assert_no_worse_than_eager(got: torch.Tensor, eager: torch.Tensor, exact: t
                                 eps: float, what: str) -> None:
     got_err = (got.double() - exact).abs().max().item()
     eager_err = (eager.double() - exact).abs().max().item()
-    assert got_err <= eager_err + eps, f"{what}: kernel err {got_err:.3g} > eager {eager_err:.3g} + {eps:.3g}"
+    assert got_err <= eager_err + eps, \
+        f"{what}: kernel err {got_err:.3g} > eager {eager_err:.3g} + {eps:.3g}"
 
 
 def _naive_gather(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -193,7 +194,8 @@ LINEAR_CASES = [
 def test_linear_forward_backward_match_reference_and_fp64(dtype, n, d, v, blocks, splits, chunk):
     gen = torch.Generator().manual_seed(n * 1000 + v)
     hidden = torch.randn(n, d + 2, generator=gen).to(dtype)[:, 1:d + 1].to(DEVICE)  # row stride d+2
-    weight = (torch.randn(d, v, generator=gen) / d**0.5 * 3).to(dtype).T.to(DEVICE)  # (v, d), col-major
+    # (v, d) with column-major strides: the transposed view of a (d, v) buffer.
+    weight = (torch.randn(d, v, generator=gen) / d**0.5 * 3).to(dtype).T.to(DEVICE)
     targets = torch.randint(0, v, (n,), generator=gen).to(DEVICE)
     upstream = torch.randn(n, generator=gen).to(DEVICE)
 

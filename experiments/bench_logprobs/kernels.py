@@ -20,6 +20,7 @@ that peak minus the outputs and gradients the call returns, i.e. the scratch a p
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -227,41 +228,14 @@ def main() -> None:
         torch.set_float32_matmul_precision("high")
     bandwidth, flops = device_peaks(device)
     ns, d, vs, fracs = shapes(ARGS)
-    wanted = set(ARGS.paths.split(","))
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"device={device} ({name}) d={d}")
+    print(f"{'op':7}{'path':10}{'dtype':6}{'n':>6}{'rows':>6}{'v':>7} {'mode':8}{'ms':>10}"
+          f"{'peak MiB':>10}{'extra MiB':>10}  rate")
     records = []
-    header = f"{'op':7}{'path':10}{'dtype':6}{'n':>6}{'rows':>6}{'v':>7} {'mode':8}{'ms':>10}{'peak MiB':>10}{'extra MiB':>10}  rate"
-    print(f"device={device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}) d={d}")
-    print(header)
-    for op in ARGS.ops.split(","):
-        for dname in ARGS.dtypes.split(","):
-            dtype = DTYPES[dname]
-            for n in ns:
-                for v in vs:
-                    for frac in fracs:
-                        if op == "logits":
-                            paths, inputs, rows = logits_paths(n, v, dtype, frac, device)
-                        else:
-                            paths, inputs, rows = linear_paths(n, d, v, dtype, frac, device)
-                        for path, fn in paths.items():
-                            if path not in wanted:
-                                continue
-                            for backward in (False, True):
-                                rec = dict(op=op, path=path, dtype=dname, n=n, rows=rows, d=d,
-                                           v=v, mode="fwd+bwd" if backward else "fwd")
-                                try:
-                                    ms, peak, extra = measure(fn, inputs, device, backward,
-                                                              ARGS.repeats)
-                                except torch.OutOfMemoryError:
-                                    rec["error"] = "out of memory"
-                                    print(f"{op:7}{path:10}{dname:6}{n:>6}{rows:>6}{v:>7} {rec['mode']:8} OOM")
-                                    continue
-                                rec.update(ms=ms, peak_bytes=peak, extra_bytes=extra)
-                                if device == "cuda":
-                                    rec.update(rates(rec, dtype, bandwidth, flops))
-                                records.append(rec)
-                                print(f"{op:7}{path:10}{dname:6}{n:>6}{rows:>6}{v:>7} {rec['mode']:8}"
-                                      f"{ms:10.3f}{peak / 2**20:10.1f}{extra / 2**20:10.1f}  {rec.get('rate', '')}")
-                        del paths, inputs
+    cases = itertools.product(ARGS.ops.split(","), ARGS.dtypes.split(","), ns, vs, fracs)
+    for op, dname, n, v, frac in cases:
+        records += bench_case(op, DTYPES[dname], n, d, v, frac, device, bandwidth, flops)
     ARGS.out.mkdir(parents=True, exist_ok=True)
     stem = ARGS.out / "-".join(x for x in ("kernels", device, "quick" * ARGS.quick, ARGS.tag) if x)
     meta = dict(device=device, name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -270,6 +244,36 @@ def main() -> None:
     summarize(records, device)
     plot(records, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and {stem}.png")
+
+
+def bench_case(op: str, dtype: torch.dtype, n: int, d: int, v: int, frac: float, device: str,
+               bandwidth: float | None, flops: dict) -> list[dict]:
+    """Every wanted path of one shape, forward-only and forward + backward; prints each line."""
+    if op == "logits":
+        paths, inputs, rows = logits_paths(n, v, dtype, frac, device)
+    else:
+        paths, inputs, rows = linear_paths(n, d, v, dtype, frac, device)
+    dname = next(k for k, x in DTYPES.items() if x == dtype)
+    records = []
+    for path, fn in paths.items():
+        if path not in ARGS.paths.split(","):
+            continue
+        for mode in ("fwd", "fwd+bwd"):
+            rec = dict(op=op, path=path, dtype=dname, n=n, rows=rows, d=d, v=v, mode=mode)
+            line = f"{op:7}{path:10}{dname:6}{n:>6}{rows:>6}{v:>7} {mode:8}"
+            try:
+                ms, peak, extra = measure(fn, inputs, device, mode == "fwd+bwd", ARGS.repeats)
+            except torch.OutOfMemoryError:
+                print(line + " out of memory")
+                records.append(dict(rec, error="out of memory"))
+                continue
+            rec.update(ms=ms, peak_bytes=peak, extra_bytes=extra)
+            if device == "cuda":
+                rec.update(rates(rec, dtype, bandwidth, flops))
+            records.append(rec)
+            print(f"{line}{ms:10.3f}{peak / 2**20:10.1f}{extra / 2**20:10.1f}  "
+                  f"{rec.get('rate', '')}")
+    return records
 
 
 def rates(rec: dict, dtype: torch.dtype, bandwidth: float | None, flops: dict) -> dict:
@@ -297,6 +301,7 @@ def rates(rec: dict, dtype: torch.dtype, bandwidth: float | None, flops: dict) -
 
 def summarize(records: list[dict], device: str) -> None:
     """The issue's targets (GPU) and the memory ratios against naive (any device)."""
+    records = [r for r in records if "ms" in r]  # skip cases that ran out of memory
     def find(**kw):
         return next((r for r in records if all(r.get(k) == x for k, x in kw.items())), None)
 
@@ -306,9 +311,10 @@ def summarize(records: list[dict], device: str) -> None:
             nv = find(op=r["op"], path="naive", dtype=r["dtype"], n=r["n"], v=r["v"],
                       rows=r["rows"], mode="fwd+bwd")
             if nv:
+                ratio = nv["peak_bytes"] / max(1, r["peak_bytes"])
                 print(f"  {r['op']:7}{r['path']:10}{r['dtype']:5} n={r['n']} rows={r['rows']} "
                       f"v={r['v']}: {r['peak_bytes'] / 2**20:8.1f} MiB vs naive "
-                      f"{nv['peak_bytes'] / 2**20:8.1f} MiB (naive/this {nv['peak_bytes'] / max(1, r['peak_bytes']):.1f}); "
+                      f"{nv['peak_bytes'] / 2**20:8.1f} MiB (naive/this {ratio:.1f}); "
                       f"extra {r['extra_bytes'] / 2**20:.1f} MiB")
     if device != "cuda":
         return
@@ -326,8 +332,8 @@ def summarize(records: list[dict], device: str) -> None:
             full = find(op=r["op"], path="triton", dtype=r["dtype"], n=r["n"], rows=r["n"],
                         v=r["v"], mode=r["mode"])
             if full:
-                print(f"  {r['op']} {r['mode']} {r['dtype']} n={r['n']} v={r['v']}: "
-                      f"time ratio {r['ms'] / full['ms']:.3f} for row ratio {r['rows'] / r['n']:.3f}")
+                print(f"  {r['op']} {r['mode']} {r['dtype']} n={r['n']} v={r['v']}: time ratio "
+                      f"{r['ms'] / full['ms']:.3f} for row ratio {r['rows'] / r['n']:.3f}")
     worst = max((r["extra_bytes"] for r in records if r["path"] == "triton"), default=0)
     print(f"  worst extra memory of the kernels: {worst / 2**20:.1f} MiB (target <= 64 MiB)")
 
@@ -337,6 +343,7 @@ COLORS = {"naive": "tab:gray", "reference": "tab:blue", "triton": "tab:red", "li
 
 def plot(records: list[dict], path: Path) -> None:
     """Time and peak memory of every path (fwd+bwd), one panel per op and measure."""
+    records = [r for r in records if "ms" in r]
     import matplotlib
 
     matplotlib.use("Agg")
