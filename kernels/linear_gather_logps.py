@@ -238,7 +238,8 @@ def linear_gather_logps_triton(hidden: Tensor, weight: Tensor, targets: Tensor, 
 
     Args:
         hidden: (n, d) fp32/bf16/fp16 (fp64 accumulates in fp64); any strides.
-        weight: (v, d) lm_head weight (no bias), same dtype as ``hidden``; any strides.
+        weight: (v, d) lm_head weight (no bias); any strides. If the dtypes differ, both are
+            cast to the wider one (the gradients come back in each input's own dtype).
         targets: (n,) int64/int32 in [0, v); out-of-range labels raise ValueError.
         blocks: (BLOCK_N, BLOCK_V, BLOCK_D), powers of two >= 16; default ``BLOCKS`` on GPU.
         num_splits: vocabulary slices per row block in forward; default: enough for the device.
@@ -252,9 +253,13 @@ def linear_gather_logps_triton(hidden: Tensor, weight: Tensor, targets: Tensor, 
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden (n, d) and weight (v, d), got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
-    if hidden.dtype != weight.dtype or not hidden.is_floating_point():
-        raise ValueError(f"hidden and weight must share a float dtype, got {hidden.dtype} and "
-                         f"{weight.dtype}")
+    if not (hidden.is_floating_point() and weight.is_floating_point()):
+        raise ValueError(f"hidden and weight must be float, got {hidden.dtype} and {weight.dtype}")
+    if hidden.dtype != weight.dtype:
+        # Mixed precision (e.g. bf16 activations, fp32 lm_head): compute in the wider dtype, as
+        # the reference does; usually that copies only the small (n, d) hidden states.
+        common = torch.promote_types(hidden.dtype, weight.dtype)
+        hidden, weight = hidden.to(common), weight.to(common)
     (n, d), v = hidden.shape, weight.shape[0]
     targets = check_targets(targets, n, v, "linear_gather_logps_triton")
     if n == 0:  # keep the graph (zero gradients) without launching an empty grid

@@ -88,7 +88,7 @@ GATHER_CASES = [(5, 300, 64, None), (1, 257, 32, 3), (4, 300, 64, 2), (3, 50, 16
                 (2, 300, 2, 150)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
 @pytest.mark.parametrize("n,v,block_v,splits", GATHER_CASES)
 def test_gather_forward_backward_match_reference_and_fp64(dtype, n, v, block_v, splits):
     gen = torch.Generator().manual_seed(n * 1000 + v)
@@ -189,7 +189,7 @@ LINEAR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
 @pytest.mark.parametrize("n,d,v,blocks,splits,chunk", LINEAR_CASES)
 def test_linear_forward_backward_match_reference_and_fp64(dtype, n, d, v, blocks, splits, chunk):
     gen = torch.Generator().manual_seed(n * 1000 + v)
@@ -225,6 +225,25 @@ def test_linear_forward_backward_match_reference_and_fp64(dtype, n, d, v, blocks
     # Kernel and reference both accumulate logits in fp32, so they agree far more tightly than
     # either agrees with the eager bf16 path (whose logits are rounded to bf16).
     torch.testing.assert_close(got, ref, rtol=0, atol=2 * _eps(torch.float32, exact, 8))
+
+
+def test_linear_mixed_dtypes_match_reference():
+    """bf16 hidden states with an fp32 lm_head (no autocast): computed in fp32, like the reference."""
+    gen = torch.Generator().manual_seed(9)
+    hidden = torch.randn(4, 32, generator=gen).to(torch.bfloat16).to(DEVICE)
+    weight = torch.randn(70, 32, generator=gen).to(DEVICE)
+    targets = torch.randint(0, 70, (4,), generator=gen).to(DEVICE)
+    upstream = torch.randn(4, generator=gen).to(DEVICE)
+    got, got_g = _value_and_grads(
+        lambda h, w: linear_gather_logps_triton(h, w, targets, blocks=(16, 16, 16)),
+        [hidden, weight], upstream)
+    ref, ref_g = _value_and_grads(lambda h, w: linear_reference(h, w, targets), [hidden, weight],
+                                  upstream)
+    assert [g.dtype for g in got_g] == [torch.bfloat16, torch.float32]
+    # Both paths are fp32 from the same inputs: fp32 summation-order differences only.
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(got_g, ref_g):
+        torch.testing.assert_close(g, r, rtol=1e-2, atol=1e-5)  # bf16 grad_hidden: 1 ulp
 
 
 def test_linear_fp64_gradcheck():
