@@ -228,7 +228,7 @@ def test_linear_forward_backward_match_reference_and_fp64(dtype, n, d, v, blocks
 
 
 def test_linear_mixed_dtypes_match_reference():
-    """bf16 hidden states with an fp32 lm_head (no autocast): computed in fp32, like the reference."""
+    """bf16 hidden states, fp32 lm_head (no autocast): computed in fp32, like the reference."""
     gen = torch.Generator().manual_seed(9)
     hidden = torch.randn(4, 32, generator=gen).to(torch.bfloat16).to(DEVICE)
     weight = torch.randn(70, 32, generator=gen).to(DEVICE)
