@@ -1,8 +1,9 @@
 """Triton kernels against their references (``localpref.logprobs``) and an fp64 ground truth.
 
 On CPU the kernels run under the Triton interpreter, which must be switched on before triton is
-first imported in this process: tests/conftest.py sets TRITON_INTERPRET=1 when CUDA is absent (the
-line below only helps when this file runs alone). Shapes stay tiny (n <= 20, v <= 300, d <= 64)
+first imported in this process. tests/conftest.py is the place to set TRITON_INTERPRET=1 when
+CUDA is absent; the lines below do the same, which suffices while no module collected before this
+one imports triton, and fail loudly otherwise. Shapes stay tiny (n <= 20, v <= 300, d <= 64)
 because the interpreter executes every program in numpy.
 
 Tolerance rule (STYLE.md): a kernel's error against fp64 math on the same inputs may be no larger
@@ -345,10 +346,10 @@ def test_scratch_memory_stays_within_budget(dtype):
     logsumexp, and in the linear backward at most ``grad_chunk_bytes`` (issue #4: <= 64 MiB)."""
     n, d, v, budget = 20, 32, 300, 20 * 64 * 2  # a 64-column G chunk in bf16, 32 in fp32
     gen = torch.Generator().manual_seed(8)
-    logits = torch.randn(n, v, generator=gen).to(dtype).requires_grad_()
-    hidden = torch.randn(n, d, generator=gen).to(dtype).requires_grad_()
-    weight = torch.randn(v, d, generator=gen).to(dtype).requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=gen)
+    logits = torch.randn(n, v, generator=gen).to(dtype).to(DEVICE).requires_grad_()
+    hidden = torch.randn(n, d, generator=gen).to(dtype).to(DEVICE).requires_grad_()
+    weight = torch.randn(v, d, generator=gen).to(dtype).to(DEVICE).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen).to(DEVICE)
     # (2, n, splits) partials with splits <= 2 here, lse, out, contiguous grad_out: ~570 bytes.
     small = 1024
     with _PeakNewBytes() as meter:
