@@ -178,10 +178,13 @@ def test_truncation_cuts_tail_after_hunk_then_raises(smollm2_tokenizer):
     steer = Steer(prompt="Q:", prefix=" The answer is", rejected=" 41" + tail, corrected=" 42" + tail)
     full = tokenize_steer(steer, tok)
     hunk_end = full.chosen_span_mask.index(True) + sum(full.chosen_span_mask)
-    # no BOS to keep (SmolLM2 adds none to plain text): prompt and shared prefix all go
+    # No BOS to keep (SmolLM2 adds none to plain text): the prompt and the shared prefix go, all
+    # but the one token the first span token is predicted from (logits[i - 1] score ids[i]).
     ts = tokenize_steer(steer, tok, max_length=hunk_end + 1)
     assert ts.span_ids() == full.span_ids()
-    assert len(ts.chosen_ids) == hunk_end + 1 and ts.truncated_left == full.prefix_len
+    assert ts.truncated_left == full.prefix_len - 1
+    assert ts.chosen_ids[0] == full.chosen_ids[full.prefix_len - 1] and not ts.chosen_span_mask[0]
+    assert len(ts.chosen_ids) == hunk_end + 1
     # the shared prefix may go too, but never the span; continuation spans do not fit
     with pytest.raises(SteerError) as e:
         tokenize_steer(steer, tok, span="continuation", max_length=hunk_end + 1)
@@ -326,9 +329,30 @@ def test_truncation_properties(bpe_tokenizer, prompt, prefix, rejected, correcte
         return
     ts = tokenize_steer(steer, bpe_tokenizer, span=span, max_length=max_length)
     assert ts.truncated_left == drop and ts.span_ids() == full.span_ids()
+    assert not ts.chosen_span_mask[0] and not ts.rejected_span_mask[0]  # a token to predict it from
     kept = lambda xs: (xs[:1] + xs[1 + drop:])[:max_length]  # noqa: E731  (positions that survive)
     assert ts.chosen_ids == kept(full.chosen_ids) and ts.rejected_ids == kept(full.rejected_ids)
     assert ts.chosen_ids[0] == bpe_tokenizer.bos_token_id  # the trained tokenizer's <bos> is always kept
     assert ts.chosen_completion_mask == kept(full.chosen_completion_mask)
     assert ts.rejected_span_mask == kept(full.rejected_span_mask)
     assert ts.prefix_len == full.prefix_len - drop
+
+
+def test_tokenization_errors_name_the_file_and_line(tmp_path, smollm2_tokenizer):
+    """Errors found only at tokenization still point at the JSONL line the steer came from."""
+    import json
+
+    from localpref.data import load_steers, tokenize_steers
+
+    path = tmp_path / "steers.jsonl"
+    rows = [{"prompt": "Q:", "rejected": " a b", "corrected": " x b"},
+            {"prompt": "Q:", "rejected": " a b c d e f", "corrected": " x y z w v u", "id": "long"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    steers = load_steers(path)
+    with pytest.raises(SteerError) as e:
+        tokenize_steers(steers, smollm2_tokenizer, span="continuation", max_length=3)
+    assert e.value.reason == "span_too_long" and (e.value.file, e.value.line) == (str(path), 2)
+    assert f"{path}:2" in str(e.value)
+    kept, skipped = tokenize_steers(steers, smollm2_tokenizer, span="continuation", max_length=3,
+                                    on_error="skip")
+    assert len(kept) == 1 and skipped == {"span_too_long": 1}

@@ -336,6 +336,8 @@ def load_steers(source: Any, *, on_error: OnError = "raise", max_line_bytes: int
             skipped.handle(e.located(file=name, line=line), on_error)
             continue
         out.accepted += not steers
+        for steer in steers:
+            steer.origin = (name, line)
         out.extend(steers)
     return out
 

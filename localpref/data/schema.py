@@ -26,6 +26,9 @@ class Steer:
     corrected_ends_turn: bool = False  # True: the corrected continuation closes the assistant turn
     rejected_ends_turn: bool = False  # True: the rejected continuation closes the assistant turn
     meta: dict[str, Any] = field(default_factory=dict)  # free-form, carried through untouched
+    # Where the steer was read from, ("file", line), so that errors found later (at tokenization)
+    # still name the file and line. Set by load_steers; not part of the JSONL record.
+    origin: tuple[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_chat(self) -> bool:

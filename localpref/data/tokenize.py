@@ -216,7 +216,9 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
         # Keep a leading BOS: models are trained with it at position 0.
         keep = int(prompt_len > 0 and bos_token_id is not None and chosen[0] == bos_token_id)
         over = max(len(chosen), len(rejected)) - max_length
-        dropped = max(0, min(over, min(c_start, r_start) - keep))
+        # At least one token must stay before the span: ids[i] is scored by logits[i - 1], so a
+        # span starting at position 0 could not be trained on.
+        dropped = max(0, min(over, min(c_start, r_start) - max(keep, 1)))
         chosen = chosen[:keep] + chosen[keep + dropped:]
         rejected = rejected[:keep] + rejected[keep + dropped:]
         c_start, c_end, r_start, r_end = (x - dropped for x in (c_start, c_end, r_start, r_end))
@@ -262,9 +264,17 @@ def tokenize_steer(steer: Steer, tokenizer: Any, *, span: str = "hunk", max_leng
     """
     _check_args(span, max_length)
     r = _Renderer(tokenizer)
-    (enc,) = r.encode([(steer, r.texts(steer))])
-    return _build(steer, enc, span=span, max_length=max_length, context_after=context_after,
-                  min_match=min_match, bos_token_id=tokenizer.bos_token_id)
+    try:
+        (enc,) = r.encode([(steer, r.texts(steer))])
+        return _build(steer, enc, span=span, max_length=max_length, context_after=context_after,
+                      min_match=min_match, bos_token_id=tokenizer.bos_token_id)
+    except SteerError as err:
+        raise _located(err, steer) from None
+
+
+def _located(err: SteerError, steer: Steer) -> SteerError:
+    """The error with the file and line the steer was loaded from (if it was loaded from one)."""
+    return err.located(file=steer.origin[0], line=steer.origin[1]) if steer.origin else err
 
 
 def tokenize_steers(steers: Iterable[Steer], tokenizer: Any, *, span: str = "hunk",
@@ -284,7 +294,7 @@ def tokenize_steers(steers: Iterable[Steer], tokenizer: Any, *, span: str = "hun
         try:
             rendered.append((steer, r.texts(steer)))
         except SteerError as err:
-            skipped.handle(err, on_error)
+            skipped.handle(_located(err, steer), on_error)
     out: list[TokenizedSteer] = []
     for lo in range(0, len(rendered), _ENCODE_BATCH):
         batch = rendered[lo:lo + _ENCODE_BATCH]
@@ -294,5 +304,5 @@ def tokenize_steers(steers: Iterable[Steer], tokenizer: Any, *, span: str = "hun
                                   context_after=context_after, min_match=min_match,
                                   bos_token_id=tokenizer.bos_token_id))
             except SteerError as err:
-                skipped.handle(err, on_error)
+                skipped.handle(_located(err, steer), on_error)
     return out, skipped
