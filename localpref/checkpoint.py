@@ -108,7 +108,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return TrainState(**raw)
 
 
-def export_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, *, merge_lora: bool = True) -> Path:
+def export_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, *, merge_lora: bool = True,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """An HF ``save_pretrained`` folder (safetensors) that ``AutoModelForCausalLM.from_pretrained`` loads.
 
     With LoRA, ``merge_lora=True`` folds the adapters into the base weights (a plain model
@@ -126,7 +127,9 @@ def export_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, *, merge
 
         # Merge into a copy: the caller's model keeps its adapters (the run may continue).
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
+    if state_dict is not None and isinstance(model, PeftModel):
+        raise NotImplementedError("export of a sharded (FSDP) LoRA model is not supported; use DDP for LoRA")
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.rename(tmp, out_dir)

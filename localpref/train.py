@@ -133,6 +133,13 @@ def wrap_for_processes(scorer: TokenScorer, procs: Processes, strategy: str) -> 
     return fully_shard(scorer)
 
 
+def _gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded CPU state dict of an FSDP2 model (GPU only; not exercised by the CPU tests)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def no_grad_sync(policy: torch.nn.Module, sync: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP / FSDP2)."""
     if sync:
@@ -245,6 +252,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     scorer = TokenScorer(model, t.precision)
     policy = wrap_for_processes(scorer, procs, t.strategy)
+    sharded = procs.world > 1 and t.strategy == "fsdp"
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, t)
     state = TrainState()
@@ -308,7 +316,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         progress.update(row)
         if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
             run_eval(state.step)
-        if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps:
+        checkpoint_now = (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps
+        if checkpoint_now and not sharded:  # FSDP runs are not checkpointed (see config.validate)
             if procs.rank == 0:
                 save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
             if procs.world > 1:
@@ -316,8 +325,13 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     progress.close()
 
     after = run_eval(state.step)
-    if t.export and procs.rank == 0:
-        export_pretrained(model, tokenizer, run_dir / "export", merge_lora=cfg.peft.merge_on_export)
+    if t.export:
+        full = _gather_full_state_dict(model) if sharded else None  # a collective: all ranks take part
+        if procs.rank == 0:
+            export_pretrained(model, tokenizer, run_dir / "export", merge_lora=cfg.peft.merge_on_export,
+                              state_dict=full)
+    if procs.world > 1:
+        dist.destroy_process_group()
     if procs.rank == 0:
         _summary_table(before, after, run_dir)
     logger.finish(after)
