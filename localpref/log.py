@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +42,7 @@ class RunLogger:
 
             # resume="allow" with a stable id: a resumed run continues the same wandb run.
             run_id_file = Path(run_dir) / "wandb_id.txt"
-            run_id = run_id_file.read_text().strip() if run_id_file.exists() else wandb.util.generate_id()
+            run_id = run_id_file.read_text().strip() if run_id_file.exists() else uuid.uuid4().hex[:12]
             run_id_file.write_text(run_id)
             self.wandb = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name, group=cfg.group,
                                     tags=list(cfg.tags), config=dict(config), dir=str(run_dir),

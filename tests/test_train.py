@@ -136,3 +136,29 @@ def test_three_run_multirun_completes(tmp_path):
     for p in runs:
         rows = [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
         assert any(r["step"] == 2 and "train/loss" in r for r in rows)
+
+
+def test_generation_eval_hook_is_called_and_logged(tmp_path, monkeypatch):
+    # A task-specific hook lives in the user's own module, named "module:function".
+    (tmp_path / "my_hook.py").write_text(
+        "def score(model, tokenizer, steers, cfg):\n"
+        "    return {'n_steers': len(steers), 'training': float(model.training)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = run(tmp_path / "run", "generation_eval=my_hook:score")
+    logged = [r for r in rows if "eval/generation/n_steers" in r]
+    assert [r["step"] for r in logged] == [0, 2]  # before and after training
+    assert logged[0]["eval/generation/n_steers"] == 4  # debug=tiny holds out 4 steers
+
+
+def test_wandb_offline_needs_no_network(tmp_path, monkeypatch):
+    # wandb in offline mode writes a local run (synced later with `wandb sync`); no login, no network.
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # debug=tiny turns wandb off; a command-line value wins over it.
+    run(tmp_path / "run", "logger=wandb_offline", "logger.wandb=offline", "logger.example_table=4")
+    runs = list((tmp_path / "run").rglob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    table = (tmp_path / "run" / "examples.jsonl").read_text().splitlines()
+    assert len(table) == 4 and "corrected_span" in json.loads(table[0])
