@@ -91,6 +91,69 @@ class RunLogger:
             self.wandb = None
 
 
+def span_stats(examples: list) -> dict[str, float]:
+    """Mean lengths (tokens) of the training pairs' spans, completions and sequences."""
+    n = max(len(examples), 1)
+    mean = lambda f: sum(f(e) for e in examples) / n  # noqa: E731
+    return {"data/span/chosen_tokens": mean(lambda e: sum(e.chosen_span_mask)),
+            "data/span/rejected_tokens": mean(lambda e: sum(e.rejected_span_mask)),
+            "data/completion/chosen_tokens": mean(lambda e: sum(e.chosen_completion_mask)),
+            "data/sequence/chosen_tokens": mean(lambda e: len(e.chosen_ids))}
+
+
+def log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n: int) -> None:
+    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL)."""
+    by_id = {s.id: s for s in steers}
+    rows = []
+    for ex in tokenized[:n]:
+        span_c = [i for i, m in zip(ex.chosen_ids, ex.chosen_span_mask) if m]
+        span_r = [i for i, m in zip(ex.rejected_ids, ex.rejected_span_mask) if m]
+        steer = by_id.get(ex.id)
+        rows.append([ex.id, str(steer.prompt) if steer else "", steer.prefix if steer else "",
+                     tokenizer.decode(span_r), tokenizer.decode(span_c), len(span_r), len(span_c)])
+    if rows:
+        logger.log_table("examples", ["id", "prompt", "prefix", "rejected_span", "corrected_span",
+                                      "rejected_span_tokens", "corrected_span_tokens"], rows)
+
+
+class Progress:
+    """A rich progress bar showing the live loss, reward margin and accuracy."""
+
+    def __init__(self, total: int, done: int, *, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.description}"))
+            self.bar.start()
+            self.task = self.bar.add_task("", total=total, completed=done)
+
+    def update(self, row: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        keys = {"train/loss": "loss", "train/rewards/margins": "margin", "train/rewards/accuracies": "acc"}
+        text = "  ".join(f"{short} {row[k]:.4f}" for k, short in keys.items() if k in row)
+        self.bar.update(self.task, advance=1, description=text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def summary_table(before: dict[str, float], after: dict[str, float], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out metrics ({run_dir})")
+    for col in ("metric", "before", "after"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key in sorted(after):
+        b = before.get(key)
+        table.add_row(key, "-" if b is None else f"{b:.4f}", f"{after[key]:.4f}")
+    Console().print(table)
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """All rows of a run's metrics.jsonl."""
     with open(Path(run_dir) / "metrics.jsonl") as f:

@@ -28,7 +28,7 @@ from localpref.checkpoint import TrainState, export_pretrained, latest_checkpoin
 from localpref.collate import collate_padded
 from localpref.config import DataConfig, LossConfig, TrainConfig, validate
 from localpref.evaluate import evaluate, load_hook
-from localpref.log import RunLogger
+from localpref.log import Progress, RunLogger, log_examples, span_stats, summary_table
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
 from localpref.models import build_model
 from localpref.reference import PrecomputedReference, TokenScorer, make_model_reference, score_batch
@@ -227,12 +227,12 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     eval_set, eval_skipped = tokenize_steers(eval_steers, tokenizer, **tok)
     data_stats = {"data/train_pairs": len(train_set), "data/eval_pairs": len(eval_set),
                   **{f"data/skipped/{k}": v for k, v in {**load_skipped, **train_skipped}.items()},
-                  **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}}
+                  **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}, **span_stats(train_set)}
     global_batch = t.micro_batch_size * t.grad_accum * procs.world
     if len(train_set) < global_batch:
         raise ValueError(f"{len(train_set)} training pairs after tokenization, fewer than one global batch "
                          f"({global_batch} = micro_batch_size x grad_accum x processes); skipped: {train_skipped}")
-    _log_examples(logger, train_steers, train_set, tokenizer, cfg.logger.example_table)
+    log_examples(logger, train_steers, train_set, tokenizer, cfg.logger.example_table)
     pad_id = tokenizer.pad_token_id
 
     # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
@@ -274,7 +274,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         return metrics
 
     before = run_eval(0) if state.step == 0 else {}
-    progress = _Progress(t.max_steps, state.step, enabled=t.progress and procs.rank == 0)
+    progress = Progress(t.max_steps, state.step, enabled=t.progress and procs.rank == 0)
     policy.train()
     while state.step < t.max_steps:
         # 1. This step's global batch: a slice of this epoch's permutation; each process takes every
@@ -333,7 +333,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     if procs.world > 1:
         dist.destroy_process_group()
     if procs.rank == 0:
-        _summary_table(before, after, run_dir)
+        summary_table(before, after, run_dir)
     logger.finish(after)
     return after
 
@@ -344,59 +344,6 @@ def _hydra_output_dir() -> str:
     if not HydraConfig.initialized():
         raise ValueError("run_dir is not set and Hydra is not running: pass run_dir=DIR")
     return HydraConfig.get().runtime.output_dir
-
-
-def _log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n: int) -> None:
-    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL)."""
-    by_id = {s.id: s for s in steers}
-    rows = []
-    for ex in tokenized[:n]:
-        span_c = [i for i, m in zip(ex.chosen_ids, ex.chosen_span_mask) if m]
-        span_r = [i for i, m in zip(ex.rejected_ids, ex.rejected_span_mask) if m]
-        steer = by_id.get(ex.id)
-        rows.append([ex.id, str(steer.prompt) if steer else "", steer.prefix if steer else "",
-                     tokenizer.decode(span_r), tokenizer.decode(span_c), len(span_r), len(span_c)])
-    if rows:
-        logger.log_table("examples", ["id", "prompt", "prefix", "rejected_span", "corrected_span",
-                                      "rejected_span_tokens", "corrected_span_tokens"], rows)
-
-
-class _Progress:
-    """A rich progress bar showing the live loss, reward margin and accuracy."""
-
-    def __init__(self, total: int, done: int, *, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.description}"))
-            self.bar.start()
-            self.task = self.bar.add_task("", total=total, completed=done)
-
-    def update(self, row: dict[str, float]) -> None:
-        if self.bar is None:
-            return
-        keys = {"train/loss": "loss", "train/rewards/margins": "margin", "train/rewards/accuracies": "acc"}
-        text = "  ".join(f"{short} {row[k]:.4f}" for k, short in keys.items() if k in row)
-        self.bar.update(self.task, advance=1, description=text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _summary_table(before: dict[str, float], after: dict[str, float], run_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"held-out metrics ({run_dir})")
-    for col in ("metric", "before", "after"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for key in sorted(after):
-        b = before.get(key)
-        table.add_row(key, "-" if b is None else f"{b:.4f}", f"{after[key]:.4f}")
-    Console().print(table)
 
 
 def hydra_main() -> None:
