@@ -162,3 +162,20 @@ def test_wandb_offline_needs_no_network(tmp_path, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     table = (tmp_path / "run" / "examples.jsonl").read_text().splitlines()
     assert len(table) == 4 and "corrected_span" in json.loads(table[0])
+
+
+def test_any_steer_jsonl_trains_with_a_held_out_fraction(tmp_path):
+    from localpref.data.examples import example_steers
+    from localpref.data.load import write_steers
+
+    write_steers(example_steers("train", n=40), tmp_path / "steers.jsonl")
+    rows = run(tmp_path / "run", "data=jsonl", f"data.path={tmp_path / 'steers.jsonl'}", "data.eval_fraction=0.25",
+               "data.n_train=null", "data.n_eval=null")
+    counts = rows[0]
+    assert (counts["data/train_pairs"], counts["data/eval_pairs"]) == (30, 10)
+
+
+def test_defacto_trains_from_the_shared_folder(defacto_dir, tmp_path):
+    rows = run(tmp_path / "run", "data=defacto", f"data.path={defacto_dir}")
+    assert rows[0]["data/train_pairs"] == 16 and rows[0]["data/span/chosen_tokens"] > 0
+    assert any("train/loss" in r for r in rows)
