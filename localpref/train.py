@@ -180,7 +180,7 @@ def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.T
     chosen_mask, rejected_mask = batch.masks(cfg.mask)
     if cfg.objective == "sft":
         out = sft_loss(policy_chosen_logps, chosen_mask)
-        return out.sum, {"nll_sum": out.sum.detach(), "span/tokens": chosen_mask.sum().float()}
+        return out.sum, {"span/tokens": chosen_mask.sum().float()}
     ref_chosen_logps, ref_rejected_logps = (reference.token_logps(batch, cfg.mask) if needs_reference(cfg)
                                             else (None, None))
     out = preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -267,8 +267,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size, device=procs.device)
         if cfg.generation_eval is not None and procs.rank == 0:
-            hook = load_hook(cfg.generation_eval)
+            hook, was_training = load_hook(cfg.generation_eval), model.training
+            model.eval()
             metrics.update({f"generation/{k}": v for k, v in hook(model, tokenizer, eval_steers, cfg).items()})
+            model.train(was_training)
         metrics = {f"eval/{k}": v for k, v in metrics.items()}
         logger.log_metrics(step, metrics)
         return metrics
@@ -308,7 +310,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         # 4. Log (metric sums over all processes / global count), evaluate, checkpoint.
         names = sorted(sums)
         totals = all_reduce_sum(torch.stack([sums[n] for n in names]), procs).tolist()
-        row = {f"train/{n}": v / (count.item() if n in ("loss", "nll_sum") else global_batch)
+        row = {f"train/{n}": v / (count.item() if n == "loss" else global_batch)
                for n, v in zip(names, totals)}
         row.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
         if state.step % cfg.logger.log_every == 0:

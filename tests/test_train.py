@@ -148,6 +148,7 @@ def test_generation_eval_hook_is_called_and_logged(tmp_path, monkeypatch):
     logged = [r for r in rows if "eval/generation/n_steers" in r]
     assert [r["step"] for r in logged] == [0, 2]  # before and after training
     assert logged[0]["eval/generation/n_steers"] == 4  # debug=tiny holds out 4 steers
+    assert logged[0]["eval/generation/training"] == 0.0  # the hook sees the model in eval mode
 
 
 def test_wandb_offline_needs_no_network(tmp_path, monkeypatch):
