@@ -28,7 +28,7 @@ from localpref.checkpoint import TrainState, export_pretrained, latest_checkpoin
 from localpref.collate import collate_padded
 from localpref.config import DataConfig, LossConfig, TrainConfig, validate
 from localpref.evaluate import evaluate, load_hook
-from localpref.log import Progress, RunLogger, log_examples, span_stats, summary_table
+from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
 from localpref.models import build_model
 from localpref.reference import PrecomputedReference, TokenScorer, make_model_reference, score_batch
@@ -275,7 +275,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         logger.log_metrics(step, metrics)
         return metrics
 
-    before = run_eval(0) if state.step == 0 else {}
+    before = run_eval(0) if state.step == 0 else _logged_eval(run_dir, step=0)
     progress = Progress(t.max_steps, state.step, enabled=t.progress and procs.rank == 0)
     policy.train()
     while state.step < t.max_steps:
@@ -338,6 +338,14 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         summary_table(before, after, run_dir)
     logger.finish(after)
     return after
+
+
+def _logged_eval(run_dir: Path, step: int) -> dict[str, float]:
+    """The eval/ metrics a resumed run logged at ``step`` before it was interrupted."""
+    if not (run_dir / "metrics.jsonl").exists():
+        return {}
+    rows = [r for r in read_metrics(run_dir) if r["step"] == step]
+    return {k: v for r in rows for k, v in r.items() if k.startswith("eval/")}
 
 
 def _hydra_output_dir() -> str:
