@@ -5,9 +5,10 @@ The loop and the losses never index rows themselves. They ask the batch for
 * ``model_inputs()``: what the model's forward takes,
 * ``masks(kind)``: the chosen/rejected masks of the tokens to score (``"span"`` or ``"completion"``),
 * ``split(per_token)``: the per-token output of that forward, split into chosen and rejected,
+* ``chosen_inputs()``: the chosen sequences alone (SFT never looks at the rejected ones),
 
 so a later layout (chosen and rejected sharing their prefix in one packed sequence, steer trees)
-only has to implement these three.
+only has to implement these.
 
 Axis letters: ``b`` pairs, ``t`` tokens. The padded layout here stacks the ``b`` chosen rows on
 top of the ``b`` rejected rows, so one forward of ``2b`` rows serves both.
@@ -28,6 +29,8 @@ class PairBatch(Protocol):
     index: Tensor  # (b,) positions of the pairs in their dataset (for cached reference log-probs)
 
     def model_inputs(self) -> dict[str, Tensor]: ...
+
+    def chosen_inputs(self) -> dict[str, Tensor]: ...
 
     def labels(self) -> Tensor: ...
 
@@ -64,6 +67,11 @@ class PaddedPairBatch:
 
     def model_inputs(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def chosen_inputs(self) -> dict[str, Tensor]:
+        """Model inputs of the b chosen rows only; outputs line up with ``masks(kind)[0]``."""
+        b = self.num_pairs
+        return {"input_ids": self.input_ids[:b], "attention_mask": self.attention_mask[:b]}
 
     def labels(self) -> Tensor:
         """(2b, t) the token to score at each position (the input itself; shifted by the scorer)."""

@@ -176,11 +176,12 @@ def normalizer(batch, cfg: LossConfig) -> int:
 
 def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss sum (), detached metric sums) of one micro-batch; the caller divides by global counts."""
-    policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, cfg.mask)  # (b, t) each
     chosen_mask, rejected_mask = batch.masks(cfg.mask)
-    if cfg.objective == "sft":
-        out = sft_loss(policy_chosen_logps, chosen_mask)
+    if cfg.objective == "sft":  # the chosen sequences only: half the forward of a preference loss
+        inputs = batch.chosen_inputs()
+        out = sft_loss(policy(inputs["input_ids"], inputs["attention_mask"], chosen_mask), chosen_mask)
         return out.sum, {"span/tokens": chosen_mask.sum().float()}
+    policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, cfg.mask)  # (b, t) each
     ref_chosen_logps, ref_rejected_logps = (reference.token_logps(batch, cfg.mask) if needs_reference(cfg)
                                             else (None, None))
     out = preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,

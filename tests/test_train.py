@@ -180,3 +180,36 @@ def test_defacto_trains_from_the_shared_folder(defacto_dir, tmp_path):
     rows = run(tmp_path / "run", "data=defacto", f"data.path={defacto_dir}")
     assert rows[0]["data/train_pairs"] == 16 and rows[0]["data/span/chosen_tokens"] > 0
     assert any("train/loss" in r for r in rows)
+
+
+def test_sft_first_step_loss_equals_transformers_own_loss(tmp_path):
+    # Peer check of the shift and the masks: HF's causal-LM loss (labels shifted inside the model,
+    # -100 ignored, mean over all scored tokens of the batch) on the same first global batch.
+    from omegaconf import OmegaConf
+
+    from localpref.data.tokenize import tokenize_steers
+    from localpref.models import build_model
+    from localpref.train import load_data
+
+    rows = run(tmp_path, "loss=sft", "trainer.micro_batch_size=4")
+    ours = next(r["train/loss"] for r in rows if "train/loss" in r)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("config", overrides=["debug=tiny", "loss=sft"]))
+    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
+    steers, _, _ = load_data(cfg.data)
+    pairs, _ = tokenize_steers(steers, tokenizer, span=cfg.data.span, max_length=cfg.data.max_length,
+                               on_error=cfg.data.on_error)
+    first = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))[:4].tolist()  # seed 0, epoch 0
+    t = max(len(pairs[i].chosen_ids) for i in first)
+    ids = torch.full((4, t), tokenizer.pad_token_id)
+    labels = torch.full((4, t), -100)
+    attention = torch.zeros((4, t), dtype=torch.long)
+    for row, i in enumerate(first):
+        e = pairs[i]
+        ids[row, :len(e.chosen_ids)] = torch.tensor(e.chosen_ids)
+        attention[row, :len(e.chosen_ids)] = 1
+        keep = torch.tensor(e.chosen_completion_mask)
+        labels[row, :len(e.chosen_ids)] = torch.where(keep, torch.tensor(e.chosen_ids), -100)
+    with torch.no_grad():
+        theirs = model(input_ids=ids, attention_mask=attention, labels=labels).loss.item()
+    assert ours == pytest.approx(theirs, rel=1e-5)
