@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from localpref.logprobs import check_targets as validate_targets
 from localpref.logprobs import gather_logps_reference as reference
 
 __all__ = ["gather_logps_triton", "reference"]
@@ -70,15 +71,8 @@ def acc_dtypes(x: Tensor) -> tuple[torch.dtype, tl.dtype]:
 
 
 def check_targets(targets: Tensor, n: int, v: int, where: str) -> Tensor:
-    """Same contract as the reference: (n,) int32/int64 in [0, v); returns contiguous int64."""
-    if targets.shape != (n,):
-        raise ValueError(f"{where}: targets must have shape ({n},), got {tuple(targets.shape)}")
-    if targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{where}: targets must be int64/int32, got {targets.dtype}")
-    # A kernel would silently read out of bounds on a bad label; this costs one host sync.
-    if n and (int(targets.min()) < 0 or int(targets.max()) >= v):
-        raise ValueError(f"{where}: targets must lie in [0, {v}), got range "
-                         f"[{int(targets.min())}, {int(targets.max())}] (mask out ignore indices)")
+    """The reference's check (same errors), then contiguous int64 for the kernels."""
+    validate_targets(targets, v, n, where)
     return targets.long().contiguous()
 
 

@@ -60,7 +60,8 @@ def _acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _check_targets(targets: Tensor, v: int, n: int, where: str) -> None:
+def check_targets(targets: Tensor, v: int, n: int, where: str) -> None:
+    """Raise ValueError unless ``targets`` is (n,) int32/int64 in [0, v) (shared with the kernels)."""
     # A bad label would otherwise be an opaque CUDA assert (or a silent wrong gather in a kernel).
     if targets.shape != (n,):
         raise ValueError(f"{where}: targets must have shape ({n},), got {tuple(targets.shape)}")
@@ -130,7 +131,7 @@ def gather_logps_reference(logits: Tensor, targets: Tensor, *,
         raise ValueError(f"logits must be a float (n, v) tensor, got {logits.dtype} "
                          f"{tuple(logits.shape)}")
     n, v = logits.shape
-    _check_targets(targets, v, n, "gather_logps_reference")
+    check_targets(targets, v, n, "gather_logps_reference")
     return _GatherLogps.apply(logits, targets.long(), _chunk_rows(v, chunk_bytes))
 
 
@@ -203,7 +204,7 @@ def linear_gather_logps_reference(hidden: Tensor, weight: Tensor, targets: Tenso
         raise ValueError(f"expected hidden (n, d) and weight (v, d), got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
     n, v = hidden.shape[0], weight.shape[0]
-    _check_targets(targets, v, n, "linear_gather_logps_reference")
+    check_targets(targets, v, n, "linear_gather_logps_reference")
     return _LinearGatherLogps.apply(hidden, weight, targets.long(), _chunk_rows(v, chunk_bytes))
 
 

@@ -15,11 +15,8 @@ on the other neighbour.
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -31,6 +28,7 @@ from localpref.kernels.gather_logps import reference as gather_reference  # noqa
 from localpref.kernels.linear_gather_logps import linear_gather_logps_triton  # noqa: E402
 from localpref.kernels.linear_gather_logps import reference as linear_reference  # noqa: E402
 from localpref.logprobs import token_logps, token_logps_from_hidden  # noqa: E402
+from localpref.memory import PeakTensorBytes  # noqa: E402
 
 if not torch.cuda.is_available() and not interpreted():
     raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set; set it in "
@@ -316,30 +314,6 @@ def test_out_of_range_targets_raise_like_the_reference():
                 fn(torch.randn(2, 16, device=DEVICE), weight, targets)
 
 
-class _PeakNewBytes(TorchDispatchMode):
-    """Peak bytes of live storages created by ATen ops while active (what a path allocates)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-
-    def _free(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        seen = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
-                if isinstance(a, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                storage = t.untyped_storage()
-                seen.add(storage.data_ptr())
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._free, storage.nbytes())
-        return out
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scratch_memory_stays_within_budget(dtype):
     """Beyond the outputs and gradients, the kernels allocate (n, splits) partials, the (n,)
@@ -352,11 +326,11 @@ def test_scratch_memory_stays_within_budget(dtype):
     targets = torch.randint(0, v, (n,), generator=gen).to(DEVICE)
     # (2, n, splits) partials with splits <= 2 here, lse, out, contiguous grad_out: ~570 bytes.
     small = 1024
-    with _PeakNewBytes() as meter:
+    with PeakTensorBytes() as meter:
         out = gather_logps_triton(logits, targets, block_v=32, num_splits=2)
         (grad,) = torch.autograd.grad(out.sum(), logits)
     assert meter.peak - grad.nbytes <= small
-    with _PeakNewBytes() as meter:
+    with PeakTensorBytes() as meter:
         out = linear_gather_logps_triton(hidden, weight, targets, blocks=(16, 32, 16),
                                          num_splits=2, grad_chunk_bytes=budget)
         grads = torch.autograd.grad(out.sum(), (hidden, weight))

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import sys
 import types
-import weakref
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from localpref.logprobs import (
     gather_logps_reference,
@@ -21,6 +18,7 @@ from localpref.logprobs import (
     token_logps,
     token_logps_from_hidden,
 )
+from localpref.memory import PeakTensorBytes
 
 
 def naive64(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -184,40 +182,6 @@ def test_backend_dispatch(monkeypatch):
     with pytest.raises(ImportError, match="linear_gather_logps_triton"):
         token_logps_from_hidden(h, w, y, backend="triton")
     assert token_logps_from_hidden(h, w, y, backend="auto").shape == (3,)
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of live tensor storages created by ATen ops while active (fwd and bwd).
-
-    Each new storage an op returns is counted until it is freed (a finalizer on the storage);
-    outputs aliasing an input (views, in-place ops) are not. It does not see scratch space
-    private to a single kernel, so it slightly under-counts both paths alike.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self.seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        # Outputs that alias an input (views, in-place ops) are not new memory.
-        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
-                  if isinstance(a, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                s = t.untyped_storage()
-                if s.data_ptr() in self.seen or s.data_ptr() in inputs or s.nbytes() == 0:
-                    continue
-                self.seen.add(s.data_ptr())
-                self.live += s.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(s, self._free, s.data_ptr(), s.nbytes())
-        return out
 
 
 def test_chunked_row_selected_peak_memory_is_bounded(monkeypatch):

@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import time
-import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -63,45 +62,11 @@ ARGS = parse_args()
 if ARGS.device == "cpu":  # must precede the first import of triton (kernels, Liger)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
 
 from localpref.kernels.gather_logps import gather_logps_triton  # noqa: E402
 from localpref.kernels.linear_gather_logps import linear_gather_logps_triton  # noqa: E402
+from localpref.memory import PeakTensorBytes  # noqa: E402
 from localpref.logprobs import gather_logps_reference, linear_gather_logps_reference  # noqa: E402
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of live storages created by ATen ops while active (CPU memory measure).
-
-    A new storage is counted until its finalizer runs; outputs aliasing an input are not.
-    Scratch private to one kernel (and numpy buffers of the Triton interpreter) is invisible.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self.seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
-                  if isinstance(a, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                s = t.untyped_storage()
-                key = s.data_ptr()
-                if key in self.seen or key in inputs or s.nbytes() == 0:
-                    continue
-                self.seen.add(key)
-                self.live += s.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(s, self._free, key, s.nbytes())
-        return out
 
 
 def peak_bytes(run: Callable[[], list[torch.Tensor]], device: str) -> tuple[int, int]:
