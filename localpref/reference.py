@@ -19,6 +19,7 @@ import contextlib
 import copy
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -28,8 +29,58 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from localpref.collate import collate_padded
-from localpref.logprobs import token_logps
+from localpref.logprobs import token_logps, token_logps_from_hidden
 from localpref.models import cache_root
+
+
+# Config fields that change the logits after ``lm_head`` (soft-capping, scaling, muP multipliers) in
+# some ``*ForCausalLM.forward`` of transformers (Gemma2/3, Cohere, Granite, Falcon-H1, MiniCPM, ...).
+# The span-only path computes ``log_softmax(hidden @ W^T)`` and would silently skip them.
+_LOGIT_TRANSFORM_FIELD = re.compile(r"logits?_?(soft)?_?(cap|scal|mult)|^softcap$|^output_multiplier$|"
+                                    r"^dim_model_base$|^mup_")
+
+
+def _logit_transform(config) -> str | None:
+    """Name=value of a config field (or its ``text_config``'s) that transforms the logits, if any."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name, value in (vars(cfg).items() if cfg is not None else ()):
+            if not _LOGIT_TRANSFORM_FIELD.search(name) or value is None or isinstance(value, bool):
+                continue
+            if "scal" in name or "mult" in name:  # a scale of 1 is the identity
+                if isinstance(value, (int, float)) and value == 1:
+                    continue
+            return f"{name}={value!r}"
+    return None
+
+
+def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | str:
+    """(backbone, lm_head) of an HF causal LM (or of the one inside a peft model), or why not.
+
+    The span-only path is exact when ``model(...).logits == lm_head(backbone(...)[0])``: a plain
+    ``*ForCausalLM`` whose head is a bias-free ``nn.Linear`` and whose config asks for no logit
+    transform. Doubt: a model class that transforms its logits without a config field saying so
+    would pass these checks; construct ``TokenScorer(..., span_only=False)`` for it.
+    """
+    base = model
+    if hasattr(model, "get_base_model"):  # peft.PeftModel: LoRA layers are injected in place
+        peft_config = getattr(model, "active_peft_config", None)
+        if getattr(peft_config, "is_prompt_learning", False):
+            return "peft prompt learning adds virtual tokens in PeftModel.forward"
+        base = model.get_base_model()
+    if not type(base).__name__.endswith("ForCausalLM"):
+        return f"{type(base).__name__} is not a *ForCausalLM"
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    if not isinstance(backbone, nn.Module):
+        return f"{type(base).__name__} has no backbone attribute {base.base_model_prefix!r}"
+    head = base.get_output_embeddings()
+    if type(head) is not nn.Linear:  # e.g. a peft LoRA layer or ModulesToSaveWrapper on lm_head
+        return f"the output embedding is a {type(head).__module__}.{type(head).__qualname__}, not a plain nn.Linear"
+    if head.bias is not None:
+        return "lm_head has a bias"
+    transform = _logit_transform(base.config)
+    if transform is not None:
+        return f"the config transforms the logits ({transform})"
+    return backbone, head
 
 
 class TokenScorer(nn.Module):
@@ -38,22 +89,51 @@ class TokenScorer(nn.Module):
     forward(input_ids (r, t), attention_mask (r, t), score_mask (r, t)) -> (r, t) float32, where
     out[:, i] = log p(input_ids[:, i] | input_ids[:, :i]) if score_mask[:, i] else 0. The shift is
     here and only here: logits[:, i-1] score ids[:, i]; position 0 has no logits and scores 0.
+
+    Span-only path (``self.span_only``, chosen once here): the loss needs one number per scored
+    token, so run the backbone, keep the hidden states of the scored positions only and project
+    them with ``token_logps_from_hidden`` (chunked fp32, or the fused Triton kernel on CUDA); the
+    (r, t, v) logits are never built. Otherwise (``span_only=False``, or a model for which it
+    would not be exact, see ``causal_lm_parts``; the reason is in ``self.span_only_reason``) the
+    full logits are built and gathered. Both give the same values and gradients.
     """
 
-    def __init__(self, model: nn.Module, precision: str = "fp32"):
+    def __init__(self, model: nn.Module, precision: str = "fp32", span_only: bool = True):
         super().__init__()
         self.model = model
         self.precision = precision
+        parts = causal_lm_parts(model) if span_only else "span_only=False was asked for"
+        self.span_only = not isinstance(parts, str)
+        self.span_only_reason = None if self.span_only else parts
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(r, t, v) raw logits (model dtype; autocast to bf16 when precision=bf16)."""
-        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with self._autocast(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor) -> Tensor:
-        logits = self.logits(input_ids, attention_mask)  # (r, t, v)
-        scored = token_logps(logits[:, :-1], input_ids[:, 1:], score_mask[:, 1:])  # (r, t-1) fp32
-        return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
+        if not self.span_only:
+            logits = self.logits(input_ids, attention_mask)  # (r, t, v)
+            scored = token_logps(logits[:, :-1], input_ids[:, 1:], score_mask[:, 1:])  # (r, t-1) fp32
+            return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
+        # Looked up per call rather than stored: registering them again as submodules would
+        # duplicate their weights in state_dict.
+        backbone, head = causal_lm_parts(self.model)
+        with self._autocast(input_ids.device):
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        mask = score_mask[:, 1:]  # (r, t-1): hidden[:, i-1] scores ids[:, i]
+        h = hidden[:, :-1][mask]  # (n, d)
+        weight = head.weight  # (v, d)
+        if self.precision == "bf16":
+            # What autocast would hand lm_head: bf16 operands. Outside autocast the projection
+            # accumulates in fp32 (autocast would round the logits themselves to bf16).
+            h, weight = h.to(torch.bfloat16), weight.to(torch.bfloat16)
+        row_logps = token_logps_from_hidden(h, weight, input_ids[:, 1:][mask])  # (n,) fp32
+        scored = torch.zeros(mask.shape, dtype=row_logps.dtype, device=row_logps.device)
+        return torch.nn.functional.pad(scored.masked_scatter(mask, row_logps), (1, 0))  # (r, t)
 
 
 def score_batch(scorer: nn.Module, batch, mask_kind: str) -> tuple[Tensor, Tensor]:
