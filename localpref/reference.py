@@ -121,7 +121,10 @@ class TokenScorer(nn.Module):
             return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
         # Looked up per call rather than stored: registering them again as submodules would
         # duplicate their weights in state_dict.
-        backbone, head = causal_lm_parts(self.model)
+        parts = causal_lm_parts(self.model)
+        if isinstance(parts, str):
+            raise RuntimeError(f"the model changed after TokenScorer chose the span-only path: {parts}")
+        backbone, head = parts
         with self._autocast(input_ids.device):
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         mask = score_mask[:, 1:]  # (r, t-1): hidden[:, i-1] scores ids[:, i]
