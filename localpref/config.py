@@ -98,6 +98,7 @@ class TrainerConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = micro * accum * world)
     max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm (None: no clipping)
     precision: str = "fp32"  # autocast: "fp32" | "bf16"
+    span_only_lm_head: bool = True  # project only scored rows through lm_head when exact (TokenScorer)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
     strategy: str = "ddp"  # under torchrun: "ddp" | "fsdp" (GPU only)
     deterministic: bool = True  # torch.use_deterministic_algorithms; needed for exact resume

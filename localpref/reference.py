@@ -170,16 +170,17 @@ class ModelReference:
             return self.scorer.logits(inputs["input_ids"], inputs["attention_mask"])
 
 
-def make_model_reference(kind: str, policy_model: nn.Module, precision: str) -> ModelReference:
+def make_model_reference(kind: str, policy_model: nn.Module, precision: str,
+                         span_only: bool = True) -> ModelReference:
     """A ``copy`` or ``adapter_disabled`` reference of the policy as it is now (before training)."""
     if kind == "copy":
         frozen = copy.deepcopy(policy_model).eval()
         frozen.requires_grad_(False)
-        return ModelReference(TokenScorer(frozen, precision), adapter_disabled=False)
+        return ModelReference(TokenScorer(frozen, precision, span_only), adapter_disabled=False)
     if kind == "adapter_disabled":
         if not hasattr(policy_model, "disable_adapter"):
             raise ValueError("reference=adapter_disabled needs peft=lora (the policy has no adapters)")
-        return ModelReference(TokenScorer(policy_model, precision), adapter_disabled=True)
+        return ModelReference(TokenScorer(policy_model, precision, span_only), adapter_disabled=True)
     raise ValueError(f"no model reference of kind {kind!r}")
 
 

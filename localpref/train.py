@@ -241,17 +241,17 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     source = cfg.reference.kind
     if source == "precomputed":
         source = "adapter_disabled" if cfg.peft.kind == "lora" else "copy"
-    model_ref = make_model_reference(source, model, t.precision)
+    model_ref = make_model_reference(source, model, t.precision, t.span_only_lm_head)
     train_ref = eval_ref = model_ref
     if cfg.reference.kind == "precomputed":
-        tag = f"{cfg.data.span}|{cfg.data.max_length}|{t.precision}"
+        tag = f"{cfg.data.span}|{cfg.data.max_length}|{t.precision}|{t.span_only_lm_head}"
         build = dict(batch_size=cfg.reference.batch_size, device=procs.device, tag=tag)
         train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build)
         eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build)
         data_stats["data/reference_cache"] = str(cache)
         del model_ref  # the frozen copy (if any) is freed; with LoRA it was the policy itself
 
-    scorer = TokenScorer(model, t.precision)
+    scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
     policy = wrap_for_processes(scorer, procs, t.strategy)
     sharded = procs.world > 1 and t.strategy == "fsdp"
     trainable = [p for p in model.parameters() if p.requires_grad]

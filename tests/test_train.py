@@ -213,3 +213,24 @@ def test_sft_first_step_loss_equals_transformers_own_loss(tmp_path):
     with torch.no_grad():
         theirs = model(input_ids=ids, attention_mask=attention, labels=labels).loss.item()
     assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_span_only_lm_head_gives_the_full_logits_step(tmp_path, monkeypatch):
+    # trainer.span_only_lm_head=false forces full (r, t, v) logits; the default projects only the
+    # span rows. One SGD step must move the weights the same (fp32 summation order: a few ulps).
+    import localpref.reference as reference
+
+    calls = []
+    original = reference.token_logps_from_hidden
+    monkeypatch.setattr(reference, "token_logps_from_hidden",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    runs = {}
+    for flag in ("true", "false"):
+        d = tmp_path / flag
+        calls.clear()
+        rows = run(d, "loss=localized", *SGD, f"trainer.span_only_lm_head={flag}")
+        assert bool(calls) == (flag == "true")  # the flag really picks the path
+        runs[flag] = (final_weights(d), next(r["train/loss"] for r in rows if "train/loss" in r))
+    (w_span, l_span), (w_full, l_full) = runs["true"], runs["false"]
+    assert l_span == pytest.approx(l_full, rel=1e-5)
+    assert_same_weights(w_span, w_full, atol=1e-5)
