@@ -52,7 +52,7 @@ class PaddedPairBatch:
     index            (b,)     dataset position of each pair
 
     A mask is True at position i when token ids[i] is trained on; the model's logits at i-1
-    score it (``policy_token_logps`` does that shift), so position 0 is never True.
+    score it (``localpref.reference.TokenScorer`` does that shift), so position 0 is never True.
     """
 
     input_ids: Tensor
