@@ -134,7 +134,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0  # model init (tiny), data order, everything random
     run_dir: Optional[str] = None  # where metrics, checkpoints, export go; None: Hydra's output dir
-    generation_eval: Optional[str] = None  # "module:function" called as fn(model, tokenizer, cfg, run_dir) -> metrics
+    generation_eval: Optional[str] = None  # "module:function" called as fn(model, tokenizer, eval_steers, cfg) -> metrics
 
 
 _CHOICES = {

@@ -104,9 +104,6 @@ def tiny_llama_config(vocab_size: int = 256, hidden_size: int = 64, num_layers: 
 # Model factory for training (conf/model/*.yaml, conf/peft/*.yaml)
 # --------------------------------------------------------------------------------------------
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def check_model_folder(path: str | os.PathLike) -> Path:
     """Fail early, with the folder named, when it is not an HF model folder with weights."""
     path = Path(path).expanduser()
@@ -130,7 +127,7 @@ def build_model(model_cfg, peft_cfg, *, seed: int):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, _DTYPES[model_cfg.dtype])
+    dtype = getattr(torch, model_cfg.dtype)  # one of float32 | bfloat16 | float16 (config.validate)
     if model_cfg.source == "tiny":
         tokenizer = load_tokenizer(model_cfg.tokenizer or "smollm2")
         config = tiny_llama_config(vocab_size=len(tokenizer), hidden_size=model_cfg.hidden_size,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from localpref.data.errors import OnError, SkipCounter, SteerError
-from localpref.data.load import iter_jsonl, validate_prompt, validate_steer, write_steers
+from localpref.data.load import check_str, iter_jsonl, validate_prompt, validate_steer, write_steers
 from localpref.data.schema import Steer
 
 HunkMode = Literal["first", "all"]
@@ -125,14 +125,6 @@ def edit_steers(prompt: Any, original: str, edited: str, *, hunks: HunkMode = "f
 # Row converters: one raw row -> steers, raising SteerError (with the field) on bad input
 
 
-def _str_field(row: Mapping, key: str) -> str:
-    if key not in row:
-        raise SteerError("missing_field", f"missing required field '{key}'", field=key)
-    if not isinstance(row[key], str):
-        raise SteerError("wrong_type", f"expected a string, got {type(row[key]).__name__}", field=key)
-    return row[key]
-
-
 def _id_and_meta(row: Mapping, known: tuple[str, ...], line: int) -> tuple[str, dict[str, Any]]:
     """The row's id (or ``row{line}``) and its meta, with unknown columns carried into meta."""
     rid = row.get("id", f"row{line}")
@@ -146,8 +138,8 @@ def _id_and_meta(row: Mapping, known: tuple[str, ...], line: int) -> tuple[str, 
 
 
 def _edit_row(row: Mapping, line: int, counts: Counter, *, hunks: HunkMode, complete: bool) -> list[Steer]:
-    prompt = validate_prompt(row["prompt"]) if "prompt" in row else _str_field(row, "prompt")
-    original, edited = _str_field(row, "original"), _str_field(row, "edited")
+    prompt = validate_prompt(row["prompt"]) if "prompt" in row else check_str(row, "prompt")
+    original, edited = check_str(row, "original"), check_str(row, "edited")
     rid, meta = _id_and_meta(row, ("prompt", "original", "edited"), line)
     steers = edit_steers(prompt, original, edited, hunks=hunks, complete=complete, id=rid, meta=meta)
     counts["unchanged"] += not steers
@@ -190,7 +182,7 @@ def _preference_row(row: Mapping, line: int, counts: Counter, *, completions: st
 
 
 def _defacto_row(row: Mapping, line: int, counts: Counter, *, hunks: HunkMode, split: str) -> list[Steer]:
-    article, candidate = _str_field(row, "article"), _str_field(row, "candidate")
+    article, candidate = check_str(row, "article"), check_str(row, "candidate")
     feedback = row.get("feedback")
     if not isinstance(feedback, Mapping):
         raise SteerError("wrong_type" if "feedback" in row else "missing_field", "expected an object",

@@ -146,7 +146,8 @@ def iter_records(source: Any, *, on_error: OnError = "raise",
 # Validation
 
 
-def _check_str(rec: Mapping, key: str, *, required: bool = True, default: str = "") -> str:
+def check_str(rec: Mapping, key: str, *, required: bool = True, default: str = "") -> str:
+    """``rec[key]`` as a string; SteerError (missing_field / wrong_type) naming the field."""
     if key not in rec:
         if required:
             raise SteerError("missing_field", f"missing required field '{key}'", field=key)
@@ -263,8 +264,8 @@ def steers_from_record(rec: Any) -> list[Steer]:
     for key in ("prompt", "rejected", "corrected"):
         if key not in rec:
             raise SteerError("missing_field", f"missing required field '{key}'", field=key)
-    steer = Steer(prompt=validate_prompt(rec["prompt"]), prefix=_check_str(rec, "prefix", required=False),
-                  rejected=_check_str(rec, "rejected"), corrected=_check_str(rec, "corrected"),
+    steer = Steer(prompt=validate_prompt(rec["prompt"]), prefix=check_str(rec, "prefix", required=False),
+                  rejected=check_str(rec, "rejected"), corrected=check_str(rec, "corrected"),
                   id=_check_id(rec), corrected_ends_turn=_check_bool(rec, "corrected_ends_turn"),
                   rejected_ends_turn=_check_bool(rec, "rejected_ends_turn"), meta=_check_meta(rec))
     return [validate_steer(steer)]
@@ -285,7 +286,7 @@ def _steers_from_trajectory(rec: Mapping) -> list[Steer]:
             raise SteerError("wrong_type", f"a step must be an object, got {type(step).__name__}", field=where)
         _check_keys(step, STEP_FIELDS, f"{where}.")
         try:
-            said += _check_str(step, "accepted", required=False)
+            said += check_str(step, "accepted", required=False)
             has = [key in step for key in ("rejected", "corrected")]
             if any(has) and not all(has):
                 missing = "corrected" if has[0] else "rejected"
@@ -293,8 +294,8 @@ def _steers_from_trajectory(rec: Mapping) -> list[Steer]:
                                  field=missing)
             if not all(has):
                 continue
-            steer = Steer(prompt=prompt, prefix=said, rejected=_check_str(step, "rejected"),
-                          corrected=_check_str(step, "corrected"),
+            steer = Steer(prompt=prompt, prefix=said, rejected=check_str(step, "rejected"),
+                          corrected=check_str(step, "corrected"),
                           id=None if rid is None else f"{rid}/step{k}",
                           corrected_ends_turn=_check_bool(step, "corrected_ends_turn"),
                           rejected_ends_turn=_check_bool(step, "rejected_ends_turn"),
