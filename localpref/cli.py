@@ -5,6 +5,8 @@
     localpref data from-defacto OUT       DeFacto human corrections -> steer JSONL
     localpref data examples OUT           built-in example steers -> steer JSONL
     localpref data inspect FILE           show which tokens each steer trains on
+    localpref steer collect ...           generate, stop at the first error, correct, resume
+    localpref steer eval ...              steers needed per verified output, pass rate
     localpref train [hydra overrides]     the training entry point (Hydra)
     localpref demo                        the main job on the embedded default
 """
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from localpref.data.cli import register as register_data
 
     register_data(sub)
+    from localpref.steer_cli import register as register_steer
+
+    register_steer(sub)
     sub.add_parser("train", help="train (Hydra app; see `localpref train --help`)")
     demo = sub.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides for the demo run")

@@ -117,24 +117,48 @@ def log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n:
 
 
 class Progress:
-    """A rich progress bar showing the live loss, reward margin and accuracy."""
+    """Progress of long work: a rich bar on a terminal, plain periodic lines otherwise (logs, CI).
 
-    def __init__(self, total: int, done: int, *, enabled: bool):
+    ``update(advance=1, **fields)`` shows the numeric fields beside the count (``loss 0.61``);
+    ``update(row)`` with a training metrics row shows its loss, margin and accuracy.
+    """
+
+    _TRAIN_KEYS = {"train/loss": "loss", "train/rewards/margins": "margin", "train/rewards/accuracies": "acc"}
+
+    def __init__(self, total: int, done: int = 0, *, label: str = "train", enabled: bool = True,
+                 every_seconds: float = 30.0):
+        import sys
+
+        self.total, self.done, self.label = total, done, label
+        self.enabled, self.every = enabled, every_seconds
+        self.start = self.last = time.time()
+        self.first = done
         self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.description}"))
+            self.bar = Bar(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           TextColumn("{task.description}"))
             self.bar.start()
             self.task = self.bar.add_task("", total=total, completed=done)
 
-    def update(self, row: dict[str, float]) -> None:
-        if self.bar is None:
+    def update(self, row: dict[str, float] | None = None, advance: int = 1, **fields: float) -> None:
+        if not self.enabled:
             return
-        keys = {"train/loss": "loss", "train/rewards/margins": "margin", "train/rewards/accuracies": "acc"}
-        text = "  ".join(f"{short} {row[k]:.4f}" for k, short in keys.items() if k in row)
-        self.bar.update(self.task, advance=1, description=text)
+        if row is not None:
+            fields = {short: row[k] for k, short in self._TRAIN_KEYS.items() if k in row}
+        self.done += advance
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        if self.bar is not None:
+            self.bar.update(self.task, advance=advance, description=text)
+            return
+        now = time.time()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            rate = (now - self.start) / max(1, self.done - self.first)
+            eta = rate * (self.total - self.done)
+            print(f"{self.label} {self.done}/{self.total}  {text}  {rate:.3g} s/it  eta {eta / 60:.1f} min",
+                  flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -20,7 +20,11 @@ A trajectory record (one generation steered at several successive points)::
 expands into one steer per step that has ``rejected``/``corrected``; its prefix is everything the
 assistant has said so far with the earlier *corrections* applied (``accepted_0 + corrected_0 +
 ... + accepted_k``), and its id is ``"{id}/step{k}"`` (``None`` without a record id). A step may
-carry ``corrected_ends_turn``/``rejected_ends_turn``; only the last step may end the turn.
+carry ``corrected_ends_turn``/``rejected_ends_turn`` (only the last step's correction may end the
+turn) and ``cost`` (an object of non-negative numbers, e.g. ``{"chars": 4, "tokens": 2}``: what the
+correction took to type). Optional ``final`` (the assistant text after all steps; it must equal the
+steps' accepted and corrected text joined, else ``inconsistent_final``) and ``verified`` (bool) are
+what ``localpref steer collect`` writes; both are checked and otherwise carried along.
 
 Policy (documented outcomes, each a ``SteerError`` reason):
 
@@ -59,8 +63,8 @@ _CHUNK = 1 << 20  # how much of an over-long line is read at a time while discar
 
 STEER_FIELDS = ("prompt", "prefix", "rejected", "corrected", "id", "corrected_ends_turn",
                 "rejected_ends_turn", "meta")
-TRAJECTORY_FIELDS = ("prompt", "steps", "id", "meta")
-STEP_FIELDS = ("accepted", "rejected", "corrected", "corrected_ends_turn", "rejected_ends_turn")
+TRAJECTORY_FIELDS = ("prompt", "steps", "id", "meta", "final", "verified")
+STEP_FIELDS = ("accepted", "rejected", "corrected", "corrected_ends_turn", "rejected_ends_turn", "cost")
 
 
 class SteerList(list):
@@ -293,6 +297,7 @@ def _steers_from_trajectory(rec: Mapping) -> list[Steer]:
                 raise SteerError("missing_field", f"a step with one of rejected/corrected needs both",
                                  field=missing)
             if not all(has):
+                _check_cost(step, where)
                 continue
             steer = Steer(prompt=prompt, prefix=said, rejected=check_str(step, "rejected"),
                           corrected=check_str(step, "corrected"),
@@ -306,9 +311,29 @@ def _steers_from_trajectory(rec: Mapping) -> list[Steer]:
         if steer.corrected_ends_turn and k != len(steps) - 1:
             raise SteerError("wrong_type", "only the last step's correction may end the turn",
                              field=f"{where}.corrected_ends_turn")
+        _check_cost(step, where)
         steers.append(steer)
         said += steer.corrected
+    _check_final(rec, said)
     return steers
+
+
+def _check_cost(step: Mapping, where: str) -> None:
+    cost = step.get("cost", {})
+    if not isinstance(cost, Mapping) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cost.values()):
+        raise SteerError("wrong_type", "expected an object of non-negative numbers", field=f"{where}.cost")
+
+
+def _check_final(rec: Mapping, said: str) -> None:
+    """``final`` / ``verified`` of a collected trajectory: typed, and ``final`` the text the steps spell."""
+    if "verified" in rec and not isinstance(rec["verified"], bool):
+        raise SteerError("wrong_type", f"expected true/false, got {type(rec['verified']).__name__}", field="verified")
+    if "final" in rec:
+        final = check_str(rec, "final")
+        if final != said:
+            raise SteerError("inconsistent_final", f"'final' is not the steps' accepted and corrected text "
+                             f"joined ({len(final)} vs {len(said)} characters)", field="final")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -306,3 +306,26 @@ def tokenize_steers(steers: Iterable[Steer], tokenizer: Any, *, span: str = "hun
             except SteerError as err:
                 skipped.handle(_located(err, steer), on_error)
     return out, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# The same rendering for code that writes text rather than tokenizing steers (generation,
+# pretraining task models): a model must see exactly what it is trained on.
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """The prompt as rendered for a steer: chat messages through the chat template with the
+    assistant turn opened, or a plain string verbatim (its leading special ids are separate,
+    see ``leading_special_ids``)."""
+    return _Renderer(tokenizer).prompt_text(Steer(prompt=prompt, prefix="", rejected="", corrected=""))
+
+
+def end_of_turn_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """The text that closes an assistant turn after ``prompt`` (the template's own, or EOS)."""
+    return _Renderer(tokenizer).end_of_turn(Steer(prompt=prompt, prefix="", rejected="", corrected=""))
+
+
+def leading_special_ids(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
+    """Special ids put before a rendered prompt: none for chat prompts (the template writes its
+    own BOS), the tokenizer's default leading ids (a Llama-style BOS) for plain strings."""
+    return [] if isinstance(prompt, list) else _Renderer(tokenizer).plain_lead()

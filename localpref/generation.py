@@ -1,0 +1,136 @@
+"""Writing one assistant turn token by token, with corrections spliced in: the steering loop's engine.
+
+``TurnWriter`` holds a prompt, the assistant text written so far and the model's KV cache. The
+steering loop (``localpref.steering``), the steering evaluation and the web page all drive it the
+same way::
+
+    writer = TurnWriter(model, tokenizer, prompt, temperature=0.0, seed=0)
+    while not writer.done:
+        piece = writer.step()          # one sampled token; its text ('' for the end of turn)
+    writer.set_text(accepted + correction)   # a person's correction: resume from there
+
+The context the model sees is always ``render_prompt(prompt) + text`` tokenized whole, exactly as a
+steer built from this text is tokenized for training (``localpref.data.tokenize``), so generation
+and training agree on every token. ``set_text`` re-tokenizes and keeps the KV cache for the tokens
+the old and new context share (``DynamicCache.crop``): a resume after a correction recomputes only
+from the first changed token. Sampling: ``temperature == 0`` is greedy; otherwise softmax sampling
+(optionally nucleus ``top_p``) from a ``torch.Generator`` seeded by ``seed``, so a run is
+reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from localpref.data.tokenize import leading_special_ids, render_prompt
+from localpref.spans import common_prefix_len
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Ids that end the assistant turn: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([gen] if isinstance(gen, int) else (gen or []))
+    return ids
+
+
+def sample_token(logits: Tensor, *, temperature: float, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> int:
+    """One token id from next-token ``logits`` (v,): argmax at temperature 0, else sampled."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # fp32: tiny probabilities matter
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < top_p  # the smallest set reaching top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class TurnWriter:
+    """One assistant turn being written (see the module docstring).
+
+    Attributes: ``text`` (assistant text so far), ``ended`` (the model ended its turn),
+    ``exhausted`` (``max_new_tokens`` sampled since the last ``set_text``, or the context is full),
+    ``new_tokens`` (tokens sampled in total, over all resumes), ``forwarded_tokens`` (tokens run
+    through the model: what the KV cache saves shows in how few these are).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, prompt: str | list[dict[str, str]], *,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, max_new_tokens: int = 256):
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        self.model, self.tok = model, tokenizer
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.generator = torch.Generator().manual_seed(seed)
+        self.prompt_text = render_prompt(tokenizer, prompt)
+        self._lead = leading_special_ids(tokenizer, prompt)
+        self._skip = len(self._decode(self._lead)) + len(self.prompt_text)  # chars before the answer
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
+        self.ids: list[int] = []
+        self.cache = None
+        self.n_cached = 0  # ids[:n_cached] are in the KV cache
+        self.next_logits: Tensor | None = None  # (v,) after feeding all of ids
+        self.new_tokens = self.forwarded_tokens = self._pass_tokens = 0
+        self.ended = False
+        self.text = ""
+        self.set_text("")
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pass_tokens >= self.max_new_tokens or len(self.ids) >= self.max_context
+
+    @property
+    def done(self) -> bool:
+        return self.ended or self.exhausted
+
+    def set_text(self, text: str) -> None:
+        """Make ``text`` the assistant text so far (a correction spliced in) and un-end the turn."""
+        ids = self._lead + self.tok(self.prompt_text + text, add_special_tokens=False)["input_ids"]
+        # Keep the cache for the shared tokens; at least one token must be fed to get logits.
+        keep = min(common_prefix_len(self.ids, ids), self.n_cached, len(ids) - 1)
+        if self.cache is not None and keep < self.n_cached:
+            self.cache.crop(keep - self.n_cached)  # a negative count removes tokens (transformers 4 and 5)
+        self.ids, self.n_cached, self.next_logits = ids, keep, None
+        self.ended, self._pass_tokens = False, 0
+        self.text = self._decode(ids)[self._skip:]
+        if self.text != text:
+            raise ValueError(f"the tokenizer does not round-trip the text: {text!r} came back as {self.text!r}")
+
+    @torch.no_grad()
+    def _forward(self) -> None:
+        """Feed the ids not yet in the cache; keep the next-token logits (the model makes the cache)."""
+        new = torch.tensor([self.ids[self.n_cached:]], device=self.model.device)
+        out = self.model(input_ids=new, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.forwarded_tokens += new.shape[1]
+        self.n_cached = len(self.ids)
+        self.next_logits = out.logits[0, -1].float()
+
+    def step(self) -> str:
+        """Sample one token and return the text it adds ('' when it ends the turn)."""
+        if self.done:
+            raise RuntimeError("the turn is over (ended or out of tokens); set_text() to resume")
+        if self.next_logits is None:
+            self._forward()
+        token = sample_token(self.next_logits, temperature=self.temperature, top_p=self.top_p,
+                             generator=self.generator)
+        self.new_tokens += 1
+        self._pass_tokens += 1
+        self.next_logits = None
+        if token in self.stop_ids:
+            self.ended = True
+            return ""
+        self.ids.append(token)
+        before = self.text
+        self.text = self._decode(self.ids)[self._skip:]
+        # A token can complete a multi-byte character started by the previous one, rewriting the
+        # replacement character that ended the text: return what changed from the common start.
+        return self.text[common_prefix_len(before, self.text):]

@@ -1,0 +1,144 @@
+"""``localpref steer ...``: collect steers from a model with a program as the annotator, and evaluate
+how many steers a model needs.
+
+    localpref steer collect --family lists --model tiny --split train --n 200 --budget 4 \\
+        --temperature 0.7 --seed 0 --out steers.jsonl       # sampled; appends, resumes
+    localpref steer eval --family lists --model tiny --split heldout --n 100 --budget 4 \\
+        --report report.json                               # greedy unless --temperature
+    localpref steer pretrain --family arith                 # build the cached tiny task model
+
+``--model`` is ``tiny`` (the family's tiny task model, built on first use), ``smollm2``
+(SmolLM2-135M-Instruct), a Hugging Face model folder, or a training run directory (its
+``export/``). ``--adapter`` loads a LoRA adapter folder on top (``trainer.export`` with
+``peft.merge_on_export=false`` writes one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def load_generation_model(spec: str, family: str, adapter: str | None = None, device: str = "cpu"):
+    """(model in eval mode, tokenizer, model id) for ``--model`` / ``--adapter`` (module docstring)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from localpref.models import check_model_folder, smollm2_dir
+
+    if spec == "tiny":
+        from localpref.tasks.pretrain import task_model_dir
+
+        folder = task_model_dir(family)
+    elif spec == "smollm2":
+        folder = smollm2_dir()
+    else:
+        folder = Path(spec) / "export" if (Path(spec) / "export" / "config.json").exists() else Path(spec)
+        check_model_folder(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json (not a LoRA adapter folder)")
+        model = PeftModel.from_pretrained(model, adapter)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return model, tokenizer, f"{folder}" + (f"+{adapter}" if adapter else "")
+
+
+def _tasks(args: argparse.Namespace):
+    from localpref.tasks import get_family
+
+    family = get_family(args.family)
+    split = "heldout" if args.split == "test" else args.split
+    return family, family.tasks(split, n=args.n, seed=args.task_seed)
+
+
+def _run(args: argparse.Namespace, *, evaluate: bool) -> int:
+    from localpref.steering import run_tasks, summarize_by
+
+    family, tasks = _tasks(args)
+    model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device)
+    start = time.time()
+    records = run_tasks(model, tokenizer, family, tasks, out=args.out, budget=args.budget,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                        max_new_tokens=args.max_new_tokens, progress_label=f"steer {args.family}",
+                        extra_meta={"model": model_id, "split": args.split})
+    summary = summarize_by(records)
+    if args.out:
+        print(f"{len(records)} trajectories in {args.out}")
+    _print_summary(summary, family.unit_name)
+    if evaluate and args.report:
+        report = {"family": args.family, "model": model_id, "split": args.split, "n": len(tasks),
+                  "budget": args.budget, "temperature": args.temperature, "seed": args.seed,
+                  "seconds": round(time.time() - start, 1), "summary": summary}
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"report: {args.report}")
+    return 0
+
+
+def _fmt(summary: dict[str, Any], key: str) -> str:
+    if key not in summary:
+        return "-"
+    ci = summary.get(f"{key}_ci")
+    return f"{summary[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _print_summary(summary: dict[str, dict], unit: str) -> None:
+    rows = [("pass rate without steers", "pass_rate"), ("steers needed per verified output", "steers_per_verified"),
+            ("share verified within the budget", "verified_within_budget"), ("steers per task", "steers_per_task"),
+            (f"first wrong {unit} (index, unsteered)", "first_error_unit"),
+            ("characters typed per verified output", "chars_per_verified")]
+    for group, s in summary.items():
+        print(f"\n{group}: {s['tasks']} tasks, budget {s['budget']} steers  (95% intervals)")
+        for text, key in rows:
+            print(f"  {text:<40} {_fmt(s, key)}")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from localpref.tasks.pretrain import task_model_dir
+
+    folder = task_model_dir(args.family)
+    info = json.loads((folder / "pretrain.json").read_text())
+    print(f"{folder}: {info['parameters']} parameters, {info['spec']['steps']} steps, {info['seconds']} s to build")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``steer`` and its subcommands to the top-level ``localpref`` parser."""
+    from localpref.tasks import family_names
+
+    steer = subparsers.add_parser("steer", help="collect steers with a program as annotator; steering evaluation")
+    sub = steer.add_subparsers(dest="steer_command", required=True)
+    for name, evaluate in (("collect", False), ("eval", True)):
+        p = sub.add_parser(name, help=("generate, stop at the first error, correct, resume: write trajectories"
+                                       if not evaluate else "steers needed per verified output, pass rate, "
+                                       "first-error position (95% intervals)"))
+        p.add_argument("--family", required=True, choices=family_names())
+        p.add_argument("--model", default="tiny", help="tiny | smollm2 | model folder | run dir (default: tiny)")
+        p.add_argument("--adapter", default=None, help="LoRA adapter folder to load on top of --model")
+        p.add_argument("--split", default="heldout" if evaluate else "train", choices=("train", "val", "heldout", "test"),
+                       help="prompts to use (test = heldout)")
+        p.add_argument("--n", type=int, default=100, help="number of prompts")
+        p.add_argument("--budget", type=int, default=4, help="steers allowed per prompt")
+        p.add_argument("--temperature", type=float, default=0.0 if evaluate else 0.7, help="0: greedy")
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=0, help="sampling seed")
+        p.add_argument("--task-seed", type=int, default=0, help="which prompts (order of the split)")
+        p.add_argument("--max-new-tokens", type=int, default=128, help="per generation pass")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--out", default=None, required=not evaluate,
+                       help="trajectory JSONL (appended; prompts already in it are skipped)")
+        if evaluate:
+            p.add_argument("--report", default=None, help="write the summary as JSON here")
+        p.set_defaults(func=lambda a, e=evaluate: _run(a, evaluate=e))
+    p = sub.add_parser("pretrain", help="build (or show) the cached tiny task model of a family")
+    p.add_argument("--family", required=True, choices=family_names())
+    p.set_defaults(func=_pretrain)
+

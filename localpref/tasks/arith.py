@@ -1,0 +1,133 @@
+"""A chain of additions and subtractions, computed one operation per line.
+
+Prompt: "Compute 37 + 48 + 15 - 22 one step at a time: one operation per line, then the answer."
+Answer (canonical form; spaces around the symbols are optional when checking)::
+
+    37 + 48 = 85
+    85 + 15 = 100
+    100 - 22 = 78
+    Answer: 78
+
+Units are lines with their newline. Line ``k < m`` (``m`` operations) must be
+``a op b = c`` with ``a`` the running result after ``k`` operations, ``op b`` the ``k``-th
+operation of the prompt and ``c`` the right result; line ``m`` is ``Answer: c``; after it only
+blank space may follow. A line ``k < m`` must end with a newline (an answer that stops there is
+wrong at that line). Operands have two or three digits; running results stay non-negative.
+
+Splits: a prompt goes to train / val / heldout by a hash of its text (80/10/10). Chains of 2, 3
+or 4 operations are trained on; chains of 5 operations are never trained on: they appear only in
+``heldout`` (every fifth heldout prompt, sub-family ``unseen``), to see whether steering on short chains
+carries over.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from localpref.tasks import register
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+
+SEEN_OPS = (2, 3, 4)
+UNSEEN_OPS = 5
+_LINE = re.compile(r"\s*(-?\d+)\s*([+-])\s*(-?\d+)\s*=\s*(-?\d+)\s*")
+_ANSWER = re.compile(r"\s*Answer:\s*(-?\d+)\s*\.?\s*")
+
+
+def _chain(rng: random.Random, n_ops: int) -> tuple[int, list[list]]:
+    """A start value and ``n_ops`` operations [op, operand] keeping every running result >= 0."""
+    value = start = rng.randint(10, 999)
+    ops = []
+    for _ in range(n_ops):
+        b = rng.randint(10, 999)
+        op = "-" if b <= value and rng.random() < 0.5 else "+"
+        value = value - b if op == "-" else value + b
+        ops.append([op, b])
+    return start, ops
+
+
+def _results(meta: dict) -> list[int]:
+    """Running results: ``[start, after op 1, ..., after op m]``."""
+    out = [meta["start"]]
+    for op, b in meta["ops"]:
+        out.append(out[-1] - b if op == "-" else out[-1] + b)
+    return out
+
+
+def _line(a: int, op: str, b: int) -> str:
+    return f"{a} {op} {b} = {a - b if op == '-' else a + b}"
+
+
+@register
+class Arith(TaskFamily):
+    name = "arith"
+    unit_name = "line"
+
+    def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
+        check_split(split)
+        n = 200 if n is None else n
+        rng = random.Random(f"arith/{split}/{seed}")
+        out, seen = [], set()
+        while len(out) < n:
+            unseen = split == "heldout" and len(out) % 5 == 4  # a fifth of heldout: never-trained lengths
+            n_ops = UNSEEN_OPS if unseen else rng.choice(SEEN_OPS)
+            start, ops = _chain(rng, n_ops)
+            expr = f"{start} " + " ".join(f"{op} {b}" for op, b in ops)
+            text = f"Compute {expr} one step at a time: one operation per line, then the answer."
+            if text in seen or (not unseen and split_of(f"arith/{text}") != split):
+                continue  # chains of UNSEEN_OPS operations exist only in heldout
+            seen.add(text)
+            meta = {"family": self.name, "start": start, "ops": ops, "split": split,
+                    "subfamily": "unseen" if unseen else "seen"}
+            out.append(Task(f"arith/{split}/{expr.replace(' ', '')}", [{"role": "user", "content": text}], meta))
+        return out
+
+    def units(self, text: str, *, final: bool) -> list[Unit]:
+        out, start = [], 0
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            last = i == len(lines) - 1
+            end = start + len(line) + (0 if last else 1)
+            out.append(Unit(start, end, end, complete=final or not last))
+            start = end
+        return out
+
+    def unit_ok(self, meta: dict, text: str, units: list[Unit], k: int) -> bool:
+        body = text[units[k].start:units[k].end]
+        m, results = len(meta["ops"]), _results(meta)
+        if k > m:
+            return not body.strip()  # only blank space after the answer
+        if k == m:
+            match = _ANSWER.fullmatch(body)
+            return bool(match) and int(match.group(1)) == results[m]
+        match = _LINE.fullmatch(body)
+        if not match or not body.endswith("\n"):
+            return False
+        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+        return [a, op, b, c] == [results[k], *meta["ops"][k], results[k + 1]]
+
+    def fix_unit(self, meta: dict, text: str, units: list[Unit], k: int) -> str:
+        m, results = len(meta["ops"]), _results(meta)
+        if k > m:
+            return ""
+        if k == m:
+            return f"Answer: {results[m]}"
+        return _line(results[k], *meta["ops"][k]) + "\n"
+
+    def solve(self, meta: dict) -> str:
+        results = _results(meta)
+        lines = [_line(results[k], op, b) for k, (op, b) in enumerate(meta["ops"])]
+        return "\n".join([*lines, f"Answer: {results[-1]}"])
+
+    def write(self, meta: dict, rng: random.Random, error_rate: float) -> str:
+        """Correct, or with one wrong result; later lines carry on from the wrong value."""
+        ops = meta["ops"]
+        wrong = rng.randrange(len(ops)) if rng.random() < error_rate else -1
+        value, lines = meta["start"], []
+        for k, (op, b) in enumerate(ops):
+            c = value - b if op == "-" else value + b
+            if k == wrong:
+                c = max(0, c + rng.choice([-10, -2, -1, 1, 2, 10]))
+            lines.append(f"{value} {op} {b} = {c}")
+            value = c
+        return "\n".join([*lines, f"Answer: {value}"])

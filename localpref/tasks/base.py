@@ -1,0 +1,132 @@
+"""The interface every task family implements, and the generic parts of verification.
+
+An answer is a sequence of **units** (a list item, a line of a computation): what a person reads,
+judges and, when it is wrong, retypes. A family says how text splits into units, whether unit
+``k`` is right given the units before it, and what the right unit ``k`` is. From that, this class
+derives what the steering loop needs:
+
+    first_error(meta, text, final=...)  character offset of the first wrong unit, or None
+    correct(meta, text, offset)         the corrected unit at that offset (what a person types)
+    unit_stop(meta, text, offset)       where the model's rejected text ends (see ``Unit.stop``)
+    verify(meta, text)                  the whole output is right
+
+A unit is only judged once it is **complete**: its terminator has been written (a comma after a
+list item, a newline after a line), or the text is final (the model ended its turn or ran out of
+tokens). So ``first_error(final=False)`` can run after every generated token: ``" 4"`` is not yet
+wrong, ``" 49,"`` is (when 49 breaks the rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SPLITS = ("train", "val", "heldout")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prompt of a family. ``meta`` holds everything the verifier needs (JSON-serializable)."""
+
+    id: str
+    prompt: list[dict[str, str]]  # chat messages, rendered with the model's own template
+    meta: dict[str, Any] = field(default_factory=dict)  # family, subfamily, split, parameters
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of an answer: ``text[start:end]`` (its terminator included, if the family puts it there).
+
+    ``stop`` is where the text the model wrote *while this unit was being judged* ends: just past
+    the character that completed it (for a list item that is its comma). The steering loop takes
+    ``text[start:stop]`` as the rejected continuation, so a wrong item ``" 4,"`` is not cut to
+    ``" 4"``, which would be a token prefix of the correction ``" 47,"`` and compete with nothing.
+    """
+
+    start: int
+    end: int
+    stop: int
+    complete: bool  # terminated, or the text is final
+
+
+def split_of(key: str, val_share: float = 0.1, heldout_share: float = 0.1) -> str:
+    """Deterministic split of a prompt key by hash: no prompt is in two splits, whatever the seed."""
+    x = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "heldout" if x < heldout_share else "val" if x < heldout_share + val_share else "train"
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+class TaskFamily:
+    """Base class of a family. Subclasses set ``name`` and implement the methods that raise."""
+
+    name: ClassVar[str]
+    unit_name: ClassVar[str] = "unit"  # how reports call a unit ("item", "line")
+
+    # -- what a family implements --------------------------------------------------------------
+
+    def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
+        """``n`` prompts of ``split`` (train | val | heldout), shuffled by ``seed``; splits share no prompt."""
+        raise NotImplementedError
+
+    def units(self, text: str, *, final: bool) -> list[Unit]:
+        """The units of ``text`` in order; never empty (an empty text is one empty unit)."""
+        raise NotImplementedError
+
+    def unit_ok(self, meta: dict, text: str, units: list[Unit], k: int) -> bool:
+        """Is complete unit ``k`` right, given that units ``0..k-1`` are?"""
+        raise NotImplementedError
+
+    def fix_unit(self, meta: dict, text: str, units: list[Unit], k: int) -> str:
+        """The right unit ``k`` (terminator included where the family puts one), given units ``0..k-1``."""
+        raise NotImplementedError
+
+    def solve(self, meta: dict) -> str:
+        """A whole correct answer (what a full rewrite costs)."""
+        raise NotImplementedError
+
+    def write(self, meta: dict, rng: random.Random, error_rate: float) -> str:
+        """A sampled answer for pretraining a task model: correct, or with probability
+        ``error_rate`` holding one wrong unit (the rest consistent with it)."""
+        raise NotImplementedError
+
+    # -- derived -------------------------------------------------------------------------------
+
+    def first_error(self, meta: dict, text: str, *, final: bool = True) -> int | None:
+        """Character offset where the first wrong complete unit starts, or None."""
+        units = self.units(text, final=final)
+        for k, u in enumerate(units):
+            if u.complete and not self.unit_ok(meta, text, units, k):
+                return u.start
+        return None
+
+    def first_error_unit(self, meta: dict, text: str, *, final: bool = True) -> int | None:
+        """Index of the first wrong complete unit, or None."""
+        offset = self.first_error(meta, text, final=final)
+        return None if offset is None else self._unit_at(text, offset, final)[0]
+
+    def verify(self, meta: dict, text: str) -> bool:
+        """The final answer ``text`` is right."""
+        return self.first_error(meta, text, final=True) is None
+
+    def correct(self, meta: dict, text: str, offset: int, *, final: bool = True) -> str:
+        """The corrected unit that replaces the one starting at ``offset`` (see ``first_error``)."""
+        k, units = self._unit_at(text, offset, final)
+        return self.fix_unit(meta, text, units, k)
+
+    def unit_stop(self, meta: dict, text: str, offset: int, *, final: bool = True) -> int:
+        """Where the rejected text of the unit starting at ``offset`` ends (``Unit.stop``)."""
+        k, units = self._unit_at(text, offset, final)
+        return units[k].stop
+
+    def _unit_at(self, text: str, offset: int, final: bool) -> tuple[int, list[Unit]]:
+        units = self.units(text, final=final)
+        for k, u in enumerate(units):
+            if u.start == offset:
+                return k, units
+        raise ValueError(f"no {self.unit_name} of family {self.name!r} starts at offset {offset} of {text!r}")

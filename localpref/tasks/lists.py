@@ -1,0 +1,136 @@
+"""Lists under a checkable rule: "List 4 prime numbers greater than 40. Reply with the list only, ...".
+
+The rules are those of the built-in example steers (``localpref.data.examples``: primes, even and
+odd numbers in a range, multiples, squares, words by first letter, countries by continent, powers
+of two), over larger parameter grids. A prompt is (rule, parameters, number of items ``n``).
+
+Units are items with their comma: ``"41,"``, ``" 43,"``, ``" 47"``. Unit ``k`` is right when its
+item satisfies the rule, repeats no earlier item, ``k < n``, and it is followed by a comma exactly
+when more items must come (``k < n - 1``): the last item ends the answer, so ``" 47,"`` in last
+place is wrong (the model should have stopped) and ``" 43"`` ending the answer early is wrong too
+(it should have gone on). The correction of item ``k`` is the smallest valid unused number above the
+previous item (so the list stays ascending), or the first unused word/country of a fixed order.
+
+Splits: each prompt goes to train / val / heldout by a hash of its text (80/10/10); the rule
+``powers_of_two`` is never trained on: all its prompts are ``heldout`` (sub-family ``unseen``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+
+from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _norm
+from localpref.tasks import register
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+
+N_ITEMS = (3, 4, 5)
+UNSEEN_RULES = ("powers_of_two",)  # held out whole: never in train or val
+
+# Larger grids than the example steers' (more distinct prompts for held-out evaluation).
+_GRIDS = {
+    "primes_above": [{"x": x} for x in range(10, 1000, 10)],
+    "even_between": [{"lo": lo, "hi": lo + 20} for lo in range(10, 500, 10)],
+    "odd_between": [{"lo": lo, "hi": lo + 20} for lo in range(15, 505, 10)],
+    "multiples_of": [{"k": k, "x": x} for k in range(3, 13) for x in (10, 25, 50, 100, 200)],
+    "squares_above": [{"x": x} for x in range(10, 1000, 30)],
+    "words_starting": [{"letter": letter} for letter in WORDS],
+    "countries_in": [{"continent": c} for c in COUNTRIES],
+    "powers_of_two": [{"x": x} for x in (4, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)],
+}
+RULES = {f.name: replace(f, grid=_GRIDS[f.name]) for f in FAMILIES}
+_NUMERIC = {"primes_above", "even_between", "odd_between", "multiples_of", "squares_above", "powers_of_two"}
+
+
+def _item(piece: str) -> str:
+    return piece.strip().rstrip(".").strip()
+
+
+@register
+class Lists(TaskFamily):
+    name = "lists"
+    unit_name = "item"
+
+    def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
+        check_split(split)
+        pool = []
+        for rule in RULES.values():
+            for params in rule.grid:
+                for n_items in N_ITEMS:
+                    text = rule.prompt(params, n_items) + FORMAT
+                    unseen = rule.name in UNSEEN_RULES
+                    where = "heldout" if unseen else split_of(f"lists/{text}")
+                    if where == split:
+                        meta = {"family": self.name, "rule": rule.name, "params": dict(params),
+                                "n_items": n_items, "split": split, "subfamily": "unseen" if unseen else "seen"}
+                        key = "-".join(str(v) for v in params.values())
+                        pool.append(Task(f"lists/{rule.name}/{key}/n{n_items}",
+                                         [{"role": "user", "content": text}], meta))
+        random.Random(f"lists/{split}/{seed}").shuffle(pool)
+        if n is not None and n > len(pool):
+            raise ValueError(f"family 'lists' has {len(pool)} {split} prompts, {n} were asked for")
+        return pool[:n]
+
+    def units(self, text: str, *, final: bool) -> list[Unit]:
+        out, start = [], 0
+        pieces = text.split(",")
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            end = start + len(piece) + (0 if last else 1)  # the comma belongs to its item
+            out.append(Unit(start, end, end, complete=final or not last))
+            start = end
+        return out
+
+    def _items(self, text: str, units: list[Unit], k: int) -> list[str]:
+        return [_item(text[u.start:u.end].rstrip(",")) for u in units[:k]]
+
+    def unit_ok(self, meta: dict, text: str, units: list[Unit], k: int) -> bool:
+        n, u = meta["n_items"], units[k]
+        body = text[u.start:u.end]
+        item, has_comma = _item(body.rstrip(",")), body.endswith(",")
+        if k >= n or has_comma != (k < n - 1):
+            return False
+        earlier = {_norm(x) for x in self._items(text, units, k)}
+        return RULES[meta["rule"]].valid(meta["params"], item) and _norm(item) not in earlier
+
+    def fix_unit(self, meta: dict, text: str, units: list[Unit], k: int) -> str:
+        n = meta["n_items"]
+        if k >= n:
+            return ""  # an item too many: the answer should have ended before it
+        item = self._next_item(meta, self._items(text, units, k))
+        return ("" if k == 0 else " ") + item + ("," if k < n - 1 else "")
+
+    def _next_item(self, meta: dict, earlier: list[str]) -> str:
+        rule, p = meta["rule"], meta["params"]
+        used = {_norm(x) for x in earlier}
+        if rule in _NUMERIC:
+            nums = [int(x) for x in earlier if re.fullmatch(r"[+-]?\d+", x)]
+            floor = p.get("x", p.get("lo", 0))
+            lo = max([floor, *nums]) if nums else floor
+            for start in (lo, floor):  # ascending if possible, else any unused valid number
+                v = start + 1
+                while v < start + 100_000:
+                    if RULES[rule].valid(p, str(v)) and str(v) not in used:
+                        return str(v)
+                    v += 1
+            raise ValueError(f"no valid unused item for {meta}")  # the grids always have room
+        pool = (WORDS[p["letter"]] if rule == "words_starting" else
+                [c for c in COUNTRIES[p["continent"]] if c not in _TRANSCONTINENTAL])
+        return next(w for w in pool if _norm(w) not in used)
+
+    def solve(self, meta: dict) -> str:
+        items: list[str] = []
+        for _ in range(meta["n_items"]):
+            items.append(self._next_item(meta, items))
+        return ", ".join(items)
+
+    def write(self, meta: dict, rng: random.Random, error_rate: float) -> str:
+        rule, n = RULES[meta["rule"]], meta["n_items"]
+        items = rule.answer(meta["params"], n, rng)
+        if rule.name not in _NUMERIC:
+            rng.shuffle(items)
+        if rng.random() < error_rate:
+            j = rng.randrange(n)
+            items[j] = rule.bad(meta["params"], items, j, rng)
+        return ", ".join(items)

@@ -1,0 +1,176 @@
+"""Tiny task models: a small Llama pretrained on one family's answers, some of them wrong on purpose.
+
+A model that never errs needs no steers, and a random one writes nothing a person could steer. A
+tiny task model sits between: it is trained (SFT, next-token loss on the answer and its end of
+turn) on prompts of the family's **train** split with answers from ``family.write``, a share
+``error_rate`` of which hold one wrong unit (a wrong list item, a wrong sum carried on as if it were
+right). So it writes in the family's format and makes the family's mistakes, at a rate set here
+plus whatever it fails to learn. Held-out prompts (val, heldout) are never seen.
+
+Each model has its own small byte-level BPE tokenizer (``TinySpec.vocab_size`` tokens, digits
+always single tokens, any text encodable), trained on the same train-split text, with a ChatML
+chat template (``<|im_start|>user ... <|im_end|>``, no system prompt added) whose ``<|im_end|>``
+ends the turn. SmolLM2's 49152-token vocabulary would make the output layer 97% of every forward
+of a model this small; with 1024 tokens the model trains and writes several times faster. Default
+size (``TinySpec``): 4 layers, width 128, 4 heads, MLP 512, tied embeddings, about 0.9M parameters. It is cached as an ordinary Hugging Face folder (with
+``pretrain.json``: settings, loss curve, wall-clock) under ``cache_root()/models/tiny-<family>-<hash>``,
+keyed by the settings and ``VERSION``, and built on first use::
+
+    localpref steer pretrain --family lists      # or implicitly: --model tiny
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from localpref.models import cache_root, tiny_llama_config
+
+VERSION = 1  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """How a tiny task model is built (every field is part of its cache key)."""
+
+    hidden_size: int = 128  # width
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads
+    intermediate_size: int = 512  # MLP width
+    steps: int = 1200  # optimizer steps
+    batch_size: int = 32  # answers per step
+    lr: float = 3e-3  # AdamW peak learning rate (linear warmup, cosine decay)
+    warmup_steps: int = 50  # warmup steps
+    error_rate: float = 0.25  # share of training answers holding one wrong unit
+    seed: int = 0  # initialization, prompt order and sampled answers
+    vocab_size: int = 1024  # tokens of the model's own byte-level BPE tokenizer
+
+
+def _key(family: str, spec: TinySpec) -> str:
+    blob = json.dumps({"family": family, "version": VERSION, **dataclasses.asdict(spec)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def task_model_dir(family: str, spec: TinySpec | None = None, *, build: bool = True) -> Path:
+    """The cached tiny model folder of ``family`` (pretrained now if missing and ``build``)."""
+    spec = spec or TinySpec()
+    out = cache_root() / "models" / f"tiny-{family}-{_key(family, spec)}"
+    if not (out / "pretrain.json").exists():
+        if not build:
+            raise FileNotFoundError(f"{out} does not exist; run `localpref steer pretrain --family {family}`")
+        pretrain(family, spec, out)
+    return out
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (deterministic), ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHATML, clean_up_tokenization_spaces=False)
+
+
+def _batch(family, tasks, tokenizer, rng: random.Random, size: int, error_rate: float):
+    """(input_ids (b, t), attention_mask (b, t), completion mask (b, t)) of sampled answers."""
+    from localpref.data.tokenize import end_of_turn_text, render_prompt
+
+    rows = []
+    for task in rng.sample(tasks, size) if size <= len(tasks) else rng.choices(tasks, k=size):
+        prompt = render_prompt(tokenizer, task.prompt)
+        answer = family.write(task.meta, rng, error_rate) + end_of_turn_text(tokenizer, task.prompt)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        rows.append((tokenizer(prompt + answer, add_special_tokens=False)["input_ids"], n_prompt))
+    t = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), t), tokenizer.pad_token_id or 0)
+    attention = torch.zeros((len(rows), t), dtype=torch.long)
+    scored = torch.zeros((len(rows), t), dtype=torch.bool)
+    for r, (row, n_prompt) in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row)
+        attention[r, :len(row)] = 1
+        scored[r, n_prompt:len(row)] = True  # the answer and its end of turn
+    return ids, attention, scored
+
+
+def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
+    """Train a tiny model on ``family_name``'s train prompts and save it atomically to ``out``."""
+    from transformers import AutoModelForCausalLM
+
+    from localpref.log import Progress
+    from localpref.reference import TokenScorer
+    from localpref.tasks import get_family
+
+    family = get_family(family_name)
+    tasks = family.tasks("train", n=None if family_name == "lists" else 20_000, seed=spec.seed)
+    rng = random.Random(spec.seed)
+    sample = [tasks[rng.randrange(len(tasks))] for _ in range(4000)]
+    tokenizer = train_tokenizer([t for task in sample for t in (*(m["content"] for m in task.prompt),
+                                                                  family.write(task.meta, rng, spec.error_rate))],
+                                spec.vocab_size)
+    config = tiny_llama_config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                               num_heads=spec.num_heads, intermediate_size=spec.intermediate_size)
+    config.tie_word_embeddings = True
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(config)
+    scorer = TokenScorer(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / spec.warmup_steps, 0.5 * (
+        1 + math.cos(math.pi * min(1.0, (s - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps))))))
+    losses, start = [], time.time()
+    progress = Progress(spec.steps, 0, label=f"pretrain tiny-{family_name}")
+    model.train()
+    for step in range(spec.steps):
+        ids, attention, scored = _batch(family, tasks, tokenizer, rng, spec.batch_size, spec.error_rate)
+        logps = scorer(ids, attention, scored)  # (b, t) fp32, 0 off the answer
+        loss = -logps.sum() / scored.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        progress.update(loss=losses[-1])
+    progress.close()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        info = {"family": family_name, "version": VERSION, "spec": dataclasses.asdict(spec),
+                "parameters": sum(p.numel() for p in model.parameters()), "train_prompts": len(tasks),
+                "seconds": round(time.time() - start, 1), "loss": losses}
+        (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
+        try:
+            tmp.rename(out)
+        except OSError:  # a concurrent build finished first; its model is as good as ours
+            if not (out / "pretrain.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,179 @@
+"""The steering loop, its generation engine and its evaluation.
+
+A scripted model (``tests/scripted_lm.py``) makes a known error at a known place: the steer the
+loop writes must be exactly that error and its fix, and the file must load and tokenize as is.
+The generation engine is checked against ``transformers``' own greedy ``generate``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scripted_lm import ScriptedLM  # noqa: E402
+
+from localpref.data.load import load_steers  # noqa: E402
+from localpref.data.tokenize import render_prompt, tokenize_steer  # noqa: E402
+from localpref.generation import TurnWriter  # noqa: E402
+from localpref.steering import read_records, run_tasks, steer_task, summarize  # noqa: E402
+from localpref.tasks import Task, get_family  # noqa: E402
+
+LISTS, ARITH = get_family("lists"), get_family("arith")
+PRIMES = Task("t/primes40", [{"role": "user", "content": "List 4 prime numbers greater than 40."}],
+              {"family": "lists", "rule": "primes_above", "params": {"x": 40}, "n_items": 4, "subfamily": "seen"})
+
+
+def scripted(tokenizer, task: Task, plan: dict[str, str]) -> ScriptedLM:
+    return ScriptedLM(tokenizer, render_prompt(tokenizer, task.prompt), plan)
+
+
+def test_known_error_becomes_exactly_that_steer(smollm2_tokenizer, tmp_path):
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 49, 53", "41, 43, 47,": " 53"})
+    record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=3)
+    assert record["steps"] == [
+        {"accepted": "41, 43,", "rejected": " 49,", "corrected": " 47,", "cost": {"chars": 4, "tokens": 4}},
+        {"accepted": " 53"}]
+    assert record["final"] == "41, 43, 47, 53" and record["verified"]
+    meta = record["meta"]
+    assert meta["original"] == "41, 43, 49, 53" and meta["first_error"] == {"offset": 7, "unit": 2}
+    assert meta["steers"] == 1 and meta["stopped"] == "verified"
+
+    (tmp_path / "t.jsonl").write_text(json.dumps(record) + "\n")
+    (steer,) = load_steers(tmp_path / "t.jsonl")
+    assert (steer.prefix, steer.rejected, steer.corrected) == ("41, 43,", " 49,", " 47,")
+    tok = tokenize_steer(steer, smollm2_tokenizer)
+    chosen, rejected = tok.span_ids()
+    assert smollm2_tokenizer.decode(chosen) == "7" and smollm2_tokenizer.decode(rejected) == "9"
+
+
+def test_stopping_early_costs_no_more_than_the_wrong_unit(smollm2_tokenizer):
+    # After the correction the model errs again; generation must stop right after the wrong item's
+    # comma, not write the rest: the second rejected side is " 50," and nothing after it.
+    plan = {"": "41, 43, 49, 53", "41, 43, 47,": " 50, 53, 59, 61, 67", "41, 43, 47, 53": ""}
+    model = scripted(smollm2_tokenizer, PRIMES, plan)
+    record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=3)
+    steps = [(s.get("accepted"), s.get("rejected"), s.get("corrected")) for s in record["steps"]]
+    assert steps == [("41, 43,", " 49,", " 47,"), ("", " 50,", " 53")]
+    assert record["steps"][1]["corrected_ends_turn"] and record["final"] == "41, 43, 47, 53"
+    assert record["verified"]
+
+
+def test_model_ending_early_is_a_rejected_end_of_turn(smollm2_tokenizer, tmp_path):
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43", "41, 43,": " 47, 53"})
+    record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2)
+    first = record["steps"][0]
+    assert (first["accepted"], first["rejected"], first["corrected"]) == ("41,", " 43", " 43,")
+    assert first["rejected_ends_turn"] and "corrected_ends_turn" not in first
+    assert record["final"] == "41, 43, 47, 53" and record["verified"]
+    (tmp_path / "t.jsonl").write_text(json.dumps(record) + "\n")
+    (steer,) = load_steers(tmp_path / "t.jsonl")
+    chosen, rejected = tokenize_steer(steer, smollm2_tokenizer).span_ids()
+    assert smollm2_tokenizer.decode(chosen) == "," and smollm2_tokenizer.decode(rejected) == "<|im_end|>\n"  # the turn closes with "<|im_end|>\n"
+
+
+def test_budget_is_a_hard_limit(smollm2_tokenizer):
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "40, 40, 40, 40", "41,": " 40, 40, 40", "41, 43,": " 40, 40"})
+    record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2)
+    assert record["meta"]["steers"] == 2 and not record["verified"]
+    assert record["meta"]["stopped"] == "budget"
+    assert record["final"] == "41, 43, 40,"  # corrections applied, the last wrong unit left as written
+
+
+def test_arith_line_steer(smollm2_tokenizer):
+    meta = {"family": "arith", "start": 37, "ops": [["+", 48], ["+", 15]], "subfamily": "seen"}
+    task = Task("t/arith", [{"role": "user", "content": "Compute 37 + 48 + 15."}], meta)
+    plan = {"": "37 + 48 = 85\n85 + 15 = 110\nAnswer: 110", "37 + 48 = 85\n85 + 15 = 100\n": "Answer: 100"}
+    record = steer_task(scripted(smollm2_tokenizer, task, plan), smollm2_tokenizer, ARITH, task, budget=2)
+    first = record["steps"][0]
+    assert (first["rejected"], first["corrected"]) == ("85 + 15 = 110\n", "85 + 15 = 100\n")
+    assert record["verified"] and record["meta"]["first_error"]["unit"] == 1
+
+
+def tiny_random_model(tokenizer, seed=0):
+    from transformers import AutoModelForCausalLM
+
+    from localpref.models import tiny_llama_config
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=len(tokenizer), hidden_size=32,
+                                                              num_heads=2, intermediate_size=64)).eval()
+
+
+def test_turn_writer_greedy_equals_transformers_generate(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    model = tiny_random_model(tok)
+    writer = TurnWriter(model, tok, PRIMES.prompt, max_new_tokens=12)
+    while not writer.done:
+        writer.step()
+    ids = torch.tensor([tok(render_prompt(tok, PRIMES.prompt), add_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    theirs = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert writer.text == theirs and writer.new_tokens == 12
+
+
+def test_resume_reuses_the_cache_and_equals_a_fresh_writer(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    model = tiny_random_model(tok, seed=1)
+    writer = TurnWriter(model, tok, PRIMES.prompt, max_new_tokens=8)
+    for _ in range(6):
+        writer.step()
+    prompt_tokens = len(writer.ids) - 6
+    writer.set_text("41, 43, 47,")  # a correction spliced in; the cache keeps the prompt's tokens
+    before = writer.forwarded_tokens
+    for _ in range(5):
+        writer.step()
+    fed_after_resume = writer.forwarded_tokens - before
+    fresh = TurnWriter(model, tok, PRIMES.prompt, max_new_tokens=8)
+    fresh.set_text("41, 43, 47,")
+    for _ in range(5):
+        fresh.step()
+    assert writer.text == fresh.text
+    assert fed_after_resume < fresh.forwarded_tokens - prompt_tokens + 5  # the prompt was not fed again
+
+
+def test_sampling_is_reproducible_by_seed(smollm2_tokenizer):
+    model = tiny_random_model(smollm2_tokenizer)
+    texts = []
+    for seed in (3, 3, 4):
+        w = TurnWriter(model, smollm2_tokenizer, PRIMES.prompt, temperature=1.0, seed=seed, max_new_tokens=10)
+        while not w.done:
+            w.step()
+        texts.append(w.text)
+    assert texts[0] == texts[1] != texts[2]
+
+
+def test_collection_appends_and_resumes(smollm2_tokenizer, tmp_path):
+    tasks = [Task(f"t/{i}", PRIMES.prompt, PRIMES.meta) for i in range(3)]
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 49, 53", "41, 43, 47,": " 53"})
+    out = tmp_path / "c.jsonl"
+    run_tasks(model, smollm2_tokenizer, LISTS, tasks[:2], out=out, budget=2, show_progress=False)
+    with open(out, "a") as f:
+        f.write('{"id": "t/2", "prompt": [')  # a run killed mid-write leaves a torn line
+    calls = model.calls
+    records = run_tasks(model, smollm2_tokenizer, LISTS, tasks, out=out, budget=2, show_progress=False)
+    assert [r["id"] for r in records] == ["t/0", "t/1", "t/2"]
+    assert model.calls > calls  # t/2 was generated now ...
+    assert [r["id"] for r in read_records(out)] == ["t/0", "t/1", "t/2"]  # ... t/0, t/1 were not redone
+    assert len(load_steers(out)) == 3  # the file loads as it is: one steer per trajectory
+
+
+def test_summary_against_a_hand_count():
+    def rec(first_unit, steers, verified, chars):
+        return {"verified": verified, "steps": [{"cost": {"chars": chars}}] if steers else [],
+                "meta": {"first_error": None if first_unit is None else {"unit": first_unit},
+                         "steers": steers, "budget": 3, "new_tokens": 10, "seconds": 1.0}}
+
+    records = [rec(None, 0, True, 0), rec(1, 1, True, 4), rec(2, 2, True, 6), rec(0, 3, False, 9)]
+    s = summarize(records)
+    assert s["pass_rate"] == 0.25 and s["verified_within_budget"] == 0.75
+    assert s["steers_per_verified"] == pytest.approx(6 / 3)  # all steers, the unverified task's too
+    assert s["steers_per_task"] == pytest.approx(1.5)
+    assert s["first_error_unit"] == pytest.approx(1.0)
+    lo, hi = s["steers_per_verified_ci"]
+    assert lo <= 2.0 <= hi
