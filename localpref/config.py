@@ -15,6 +15,7 @@ Which group configures what:
     peft/       PeftConfig        none or LoRA
     trainer/    TrainerConfig     optimizer, schedule, batch, precision, intervals, resume
     logger/     LoggerConfig      JSONL always; wandb online/offline/disabled
+    steer_eval  SteerEvalConfig   steering evaluation on a task family (eval/steer/...), off by default
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from omegaconf import MISSING
 @dataclass
 class ModelConfig:
     source: str = MISSING  # "tiny" (random Llama-style, for tests) | "smollm2" | "local" (HF folder at `path`)
+    # | "tiny_task" (the pretrained tiny model of task family `family`, localpref.tasks.pretrain)
     path: Optional[str] = None  # local HF model folder (source=local); must hold config + weights
+    family: Optional[str] = None  # task family of a tiny task model (source=tiny_task): lists | arith
     tokenizer: Optional[str] = None  # tokenizer folder, or "smollm2"; None: the model's own folder
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off: never execute code shipped with a model folder
@@ -45,7 +48,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = MISSING  # "examples" (built-in steers) | "jsonl" (steer JSONL at `path`) | "defacto"
-    path: Optional[str] = None  # steer JSONL (source=jsonl) or DeFacto folder (source=defacto)
+    # | "collected" (trajectories of `localpref steer collect` at `path`, see localpref.data.collected)
+    path: Optional[str] = None  # steer JSONL (source=jsonl|collected) or DeFacto folder (source=defacto)
+    form: str = "steers"  # source=collected: "steers" (each correction) | "rewrites" (whole answers)
+    cost_budget: Optional[int] = None  # source=collected: characters of annotation to use (None: all)
     eval_path: Optional[str] = None  # held-out steer JSONL; None: split `eval_fraction` off the train file
     eval_fraction: float = 0.1  # share of steers held out when there is no separate eval set
     n_train: Optional[int] = None  # cap on training steers (None: all)
@@ -124,6 +130,18 @@ class LoggerConfig:
 
 
 @dataclass
+class SteerEvalConfig:
+    family: Optional[str] = None  # task family to steer on during evaluation (None: no steering eval)
+    split: str = "val"  # prompts: "val" while tuning, "heldout" for reported results
+    n: int = 50  # prompts
+    budget: int = 4  # steers allowed per prompt
+    max_new_tokens: int = 128  # per generation pass
+    task_seed: int = 0  # which prompts of the split (their order)
+    before: bool = True  # also evaluate before training (step 0); off to save time in sweeps
+    out: Optional[str] = None  # write the final evaluation's trajectories here (None: run_dir/steer_eval.jsonl)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -132,15 +150,18 @@ class TrainConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    steer_eval: SteerEvalConfig = field(default_factory=SteerEvalConfig)
     seed: int = 0  # model init (tiny), data order, everything random
     run_dir: Optional[str] = None  # where metrics, checkpoints, export go; None: Hydra's output dir
     generation_eval: Optional[str] = None  # "module:function" called as fn(model, tokenizer, eval_steers, cfg) -> metrics
 
 
 _CHOICES = {
-    "model.source": ("tiny", "smollm2", "local"),
+    "model.source": ("tiny", "smollm2", "local", "tiny_task"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.source": ("examples", "jsonl", "defacto"),
+    "data.source": ("examples", "jsonl", "defacto", "collected"),
+    "data.form": ("steers", "rewrites"),
+    "steer_eval.split": ("train", "val", "heldout"),
     "data.span": ("hunk", "continuation", "completion"),
     "data.on_error": ("raise", "skip"),
     "loss.objective": ("sft", "preference"),
@@ -173,7 +194,15 @@ def validate(cfg: TrainConfig) -> None:
         from localpref.models import check_model_folder
 
         check_model_folder(cfg.model.path)
-    if cfg.data.source in ("jsonl", "defacto"):
+    if cfg.model.source == "tiny_task" or cfg.steer_eval.family is not None:
+        from localpref.tasks import family_names
+
+        for key, value in (("model.family", cfg.model.family if cfg.model.source == "tiny_task" else None),
+                           ("steer_eval.family", cfg.steer_eval.family)):
+            if value is not None and value not in family_names() or key == "model.family" and (
+                    cfg.model.source == "tiny_task" and value is None):
+                raise ValueError(f"{key}={value!r} is not one of {', '.join(family_names())}")
+    if cfg.data.source in ("jsonl", "defacto", "collected"):
         if cfg.data.path is None:
             raise ValueError(f"data={cfg.data.source} needs data.path")
         need = Path(cfg.data.path) / "train.jsonl" if cfg.data.source == "defacto" else Path(cfg.data.path)

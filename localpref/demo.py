@@ -1,9 +1,19 @@
 """The main job: ``localpref demo`` (run by ``bash scripts/run.sh demo``).
 
-Trains the localized loss on the built-in example steers with SmolLM2-135M-Instruct + LoRA on CPU
-(``conf/experiment/demo.yaml``), prints held-out preference accuracy before and after, and writes
-``metrics.jsonl``, ``config.yaml``, ``demo.png`` (loss, reward accuracy, before/after bars) and an
-exported model folder into the run directory (``outputs/demo/<time>`` unless ``run_dir=`` is given).
+Does the model need fewer steers after training on its own steers? On the ``lists`` task family,
+with its tiny task model (``localpref.tasks.pretrain``, built once and cached):
+
+1. collect steers from the model itself: sampled answers to train prompts, stopped at the first
+   wrong item, corrected by the family's program, resumed (``localpref.steering``), and, the same
+   way, held-out steers on val prompts for the preference metrics;
+2. train the localized loss on the train steers (``conf/experiment/demo.yaml``);
+3. before and after training: greedy steering on held-out prompts (pass rate without steers,
+   steers needed per verified output, share verified within the budget, 95% intervals) and the
+   preference metrics on the held-out steers.
+
+Writes ``collect/``, ``metrics.jsonl``, ``config.yaml``, ``steer_eval.jsonl`` (the final
+evaluation's trajectories), ``demo.png`` and ``export/`` into ``outputs/demo/<time>`` (or
+``run_dir=``). Hydra overrides go after the command: ``localpref demo trainer.max_steps=200``.
 """
 
 from __future__ import annotations
@@ -12,41 +22,83 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from localpref.log import read_metrics
 from localpref.train import CONF_DIR, train
 
+STEER = [("eval/steer/pass_rate", "pass rate without steers"),
+         ("eval/steer/steers_per_verified", "steers needed per verified output"),
+         ("eval/steer/verified_within_budget", "verified within the budget")]
 SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) > log p(rejected)"),
          ("eval/span/reward_accuracy", "reward accuracy: policy margin > reference margin"),
          ("eval/span/nll", "NLL per token of the corrected span"),
          ("eval/drift/nll", "NLL per token of whole corrected completions (drift)"),
          ("eval/drift/kl", "KL(policy || reference) per completion token (drift)")]
+COLLECT = {"train": dict(n=300, temperature=1.0, budget=4), "val": dict(n=60, temperature=1.0, budget=4)}
+
+
+def collect(cfg, run_dir: Path) -> dict[str, Path]:
+    """Steers from the base model on train and val prompts (appending, resumable)."""
+    from localpref.models import build_model
+    from localpref.steering import run_tasks
+    from localpref.tasks import get_family
+
+    family = get_family(cfg.model.family)
+    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
+    paths = {}
+    for split, settings in COLLECT.items():
+        paths[split] = run_dir / "collect" / f"{split}.jsonl"
+        records = run_tasks(model, tokenizer, family, family.tasks(split, n=settings["n"]), out=paths[split],
+                            budget=settings["budget"], temperature=settings["temperature"], seed=cfg.seed,
+                            max_new_tokens=cfg.steer_eval.max_new_tokens, progress_label=f"collect {split}")
+        steers = sum(r["meta"]["steers"] for r in records)
+        print(f"collected {steers} steers on {len(records)} {split} prompts -> {paths[split]}")
+    return paths
 
 
 def run_demo(overrides: list[str]) -> int:
     """Run the demo with extra Hydra overrides; returns a process exit code."""
     default_dir = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=demo", f"run_dir={default_dir}", *overrides])
-    run_dir = Path(cfg.run_dir)
+        base = compose("config", overrides=["experiment=demo", f"run_dir={default_dir}", *overrides])
+    run_dir = Path(base.run_dir)
     start = time.time()
+    paths = collect(OmegaConf.to_object(base), run_dir)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=demo", f"run_dir={run_dir}", "data=collected",
+                                           f"data.path={paths['train']}", f"data.eval_path={paths['val']}",
+                                           *overrides])
     train(cfg)
     minutes = (time.time() - start) / 60
     rows = read_metrics(run_dir)
     evals = [r for r in rows if "eval/span/logp_accuracy" in r]
     before, after = evals[0], evals[-1]
-    n_eval = next((r["data/eval_pairs"] for r in rows if "data/eval_pairs" in r), "?")
-    print(f"\nheld-out preference metrics on {n_eval} steers, before -> after training:")
+    counts = next(r for r in rows if "data/train_pairs" in r)
+    split = cfg.steer_eval.split
+    print(f"\nsteering {cfg.steer_eval.n} {split} prompts of '{cfg.steer_eval.family}' greedily, at most "
+          f"{cfg.steer_eval.budget} steers each, before -> after training on {counts['data/train_pairs']} "
+          f"steers the model needed ({counts.get('data/collected/chars', '?')} characters typed):")
+    for key, text in STEER:
+        if key in after:
+            print(f"  {text:<40} {_with_ci(before, key)} -> {_with_ci(after, key)}")
+    print(f"\nheld-out preference metrics on {counts['data/eval_pairs']} steers, before -> after training:")
     for key, text in SHOWN:
         if key in after:
             print(f"  {text:<62} {before[key]:8.4f} -> {after[key]:8.4f}")
     plot = plot_run(rows, run_dir / "demo.png")
-    print(f"\n{minutes:.1f} min; run directory {run_dir}: metrics.jsonl, config.yaml, {plot.name}, export/")
+    print(f"\n{minutes:.1f} min; run directory {run_dir}: metrics.jsonl, config.yaml, steer_eval.jsonl, "
+          f"{plot.name}, export/")
     return 0
 
 
+def _with_ci(row: dict, key: str) -> str:
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    return f"{row[key]:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None else "")
+
+
 def plot_run(rows: list[dict], path: Path) -> Path:
-    """Train loss and reward accuracy per step, and held-out accuracies before vs after."""
+    """Train loss per step; held-out steering metrics and preference accuracies before vs after."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -54,21 +106,22 @@ def plot_run(rows: list[dict], path: Path) -> Path:
 
     train_rows = [r for r in rows if "train/loss" in r]
     evals = [r for r in rows if "eval/span/logp_accuracy" in r]
-    fig, (ax_loss, ax_acc, ax_eval) = plt.subplots(1, 3, figsize=(14, 4))
-    steps = [r["step"] for r in train_rows]
-    ax_loss.plot(steps, [r["train/loss"] for r in train_rows])
+    fig, (ax_loss, ax_steer, ax_eval) = plt.subplots(1, 3, figsize=(14, 4))
+    ax_loss.plot([r["step"] for r in train_rows], [r["train/loss"] for r in train_rows])
     ax_loss.set(title="train loss", xlabel="step")
-    if train_rows and "train/rewards/accuracies" in train_rows[0]:
-        ax_acc.plot(steps, [r["train/rewards/accuracies"] for r in train_rows], label="reward accuracy")
-        ax_acc.plot(steps, [r["train/rewards/margins"] for r in train_rows], label="reward margin")
-        ax_acc.legend()
-    ax_acc.set(title="train rewards (per step)", xlabel="step")
-    keys = ["eval/span/logp_accuracy", "eval/span/reward_accuracy"]
-    for i, (label, r) in enumerate([("before", evals[0]), ("after", evals[-1])]):
-        ax_eval.bar([k + 0.4 * i for k in range(len(keys))], [r[k] for k in keys], width=0.4, label=label)
-    ax_eval.set_xticks([k + 0.2 for k in range(len(keys))], ["log-prob acc.", "reward acc."])
-    ax_eval.set(title="held-out preference accuracy", ylim=(0, 1))
-    ax_eval.legend(loc="upper left")
+    for ax, keys, labels, title in (
+            (ax_steer, [k for k, _ in STEER], ["pass rate", "steers / verified", "verified ≤ budget"],
+             "held-out steering (95% CI)"),
+            (ax_eval, ["eval/span/logp_accuracy", "eval/span/reward_accuracy"], ["log-prob acc.", "reward acc."],
+             "held-out preference accuracy")):
+        for i, (label, r) in enumerate([("before", evals[0]), ("after", evals[-1])]):
+            present = [k for k in keys if k in r]
+            values = [r[k] for k in present]
+            errs = [[r[k] - r.get(f"{k}_lo", r[k]) for k in present], [r.get(f"{k}_hi", r[k]) - r[k] for k in present]]
+            ax.bar([j + 0.4 * i for j in range(len(present))], values, width=0.4, label=label, yerr=errs, capsize=3)
+        ax.set_xticks([j + 0.2 for j in range(len(keys))], labels[:len(keys)])
+        ax.set(title=title)
+        ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

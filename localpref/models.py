@@ -121,7 +121,8 @@ def build_model(model_cfg, peft_cfg, *, seed: int):
     """(model, tokenizer) from the ``model`` and ``peft`` config groups (see localpref.config).
 
     ``tiny``: random init seeded by ``seed`` (so a resumed run rebuilds the same frozen weights);
-    ``smollm2``: the converted SmolLM2-135M-Instruct folder; ``local``: ``model.path``.
+    ``smollm2``: the converted SmolLM2-135M-Instruct folder; ``local``: ``model.path``;
+    ``tiny_task``: the pretrained tiny model of task family ``model.family`` (built on first use).
     ``trust_remote_code`` is passed through and is False unless configured.
     """
     import torch
@@ -137,7 +138,12 @@ def build_model(model_cfg, peft_cfg, *, seed: int):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
-        folder = smollm2_dir() if model_cfg.source == "smollm2" else check_model_folder(model_cfg.path)
+        if model_cfg.source == "tiny_task":
+            from localpref.tasks.pretrain import task_model_dir
+
+            folder = task_model_dir(model_cfg.family)
+        else:
+            folder = smollm2_dir() if model_cfg.source == "smollm2" else check_model_folder(model_cfg.path)
         tok_src = model_cfg.tokenizer or folder
         tokenizer = (load_tokenizer(tok_src) if str(tok_src) == "smollm2" else
                      AutoTokenizer.from_pretrained(tok_src, trust_remote_code=model_cfg.trust_remote_code))

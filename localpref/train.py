@@ -70,13 +70,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
-    """(train steers, held-out steers, load-time skip counts). The held-out split never depends on
-    the run's seed, so all runs of a seed sweep are evaluated on the same steers."""
+    """(train steers, held-out steers, load-time counts: ``skipped/<reason>``, ``collected/<what>``).
+    The held-out split never depends on the run's seed, so all runs of a seed sweep are evaluated
+    on the same steers."""
     skipped: dict[str, int] = {}
     if cfg.source == "examples":
         from localpref.data.examples import example_steers
 
         train, held = example_steers("train"), example_steers("eval")
+    elif cfg.source == "collected":
+        from localpref.data.collected import load_collected
+
+        train, taken = load_collected(cfg.path, form=cfg.form, cost_budget=cfg.cost_budget, on_error=cfg.on_error)
+        skipped.update(train.skipped)
+        if cfg.eval_path is None:
+            raise ValueError("data=collected needs data.eval_path (held-out trajectories): a split of the "
+                             "training file would hold out prompts the budget paid for")
+        held, _ = load_collected(cfg.eval_path, form="steers", on_error=cfg.on_error)
     elif cfg.source == "defacto":
         from localpref.data.importers import import_defacto
 
@@ -95,7 +105,10 @@ def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
             n_eval = max(1, round(cfg.eval_fraction * len(train)))
             held, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
-    return list(train)[:cfg.n_train], list(held)[:cfg.n_eval], skipped
+    counts = {f"skipped/{k}": v for k, v in skipped.items()}
+    if cfg.source == "collected":
+        counts.update({f"collected/{k}": v for k, v in taken.items()})
+    return list(train)[:cfg.n_train], list(held)[:cfg.n_eval], counts
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.Optimizer, Any]:
@@ -219,7 +232,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     # Model, data (tokenized once), reference.
     model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
     model.to(procs.device)
-    train_steers, eval_steers, load_skipped = load_data(cfg.data)
+    train_steers, eval_steers, load_counts = load_data(cfg.data)
     tok = dict(span=cfg.data.span, max_length=cfg.data.max_length, context_after=cfg.data.context_after,
                on_error=cfg.data.on_error)
     from localpref.data.tokenize import tokenize_steers
@@ -227,7 +240,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     train_set, train_skipped = tokenize_steers(train_steers, tokenizer, **tok)
     eval_set, eval_skipped = tokenize_steers(eval_steers, tokenizer, **tok)
     data_stats = {"data/train_pairs": len(train_set), "data/eval_pairs": len(eval_set),
-                  **{f"data/skipped/{k}": v for k, v in {**load_skipped, **train_skipped}.items()},
+                  **{f"data/{k}": v for k, v in load_counts.items()},
+                  **{f"data/skipped/{k}": v + load_counts.get(f"skipped/{k}", 0) for k, v in train_skipped.items()},
                   **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}, **span_stats(train_set)}
     global_batch = t.micro_batch_size * t.grad_accum * procs.world
     if len(train_set) < global_batch:
@@ -267,6 +281,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size, device=procs.device)
+        if cfg.steer_eval.family is not None and procs.rank == 0 and (step > 0 or cfg.steer_eval.before):
+            metrics.update(steer_metrics(model, tokenizer, cfg.steer_eval, run_dir, final=step == t.max_steps))
         if cfg.generation_eval is not None and procs.rank == 0:
             hook, was_training = load_hook(cfg.generation_eval), model.training
             model.eval()
@@ -339,6 +355,26 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         summary_table(before, after, run_dir)
     logger.finish(after)
     return after
+
+
+def steer_metrics(model, tokenizer, cfg, run_dir: Path, *, final: bool) -> dict[str, float]:
+    """``steer/...`` metrics of greedy steering on ``cfg.family`` (``localpref.steering``); the final
+    evaluation's trajectories are kept in ``cfg.out`` (default ``run_dir/steer_eval.jsonl``)."""
+    from localpref.steering import flat_metrics, run_tasks, summarize_by
+    from localpref.tasks import get_family
+
+    family = get_family(cfg.family)
+    out = (Path(cfg.out) if cfg.out else run_dir / "steer_eval.jsonl") if final else None
+    if out is not None and out.exists():
+        out.unlink()  # a resumed run re-evaluates the final model from scratch
+    records = run_tasks(model, tokenizer, family, family.tasks(cfg.split, n=cfg.n, seed=cfg.task_seed), out=out,
+                        budget=cfg.budget, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                        progress_label=f"steer eval {cfg.family}/{cfg.split}")
+    metrics = {}
+    for group, summary in summarize_by(records).items():
+        prefix = "steer/" if group == "all" else f"steer/{group.split('=')[-1]}/"
+        metrics.update(flat_metrics(summary, prefix))
+    return metrics
 
 
 def _logged_eval(run_dir: Path, step: int) -> dict[str, float]:

@@ -1,0 +1,79 @@
+"""Training sets from collected trajectories (``localpref steer collect``), at a fixed annotation cost.
+
+A collection file holds one trajectory per prompt, in collection order, each step with the cost of
+its correction (characters typed). Methods that learn from steers and methods that learn from full
+rewrites are compared at equal annotation cost: each takes trajectories from the start of the file
+until its budget of characters is spent.
+
+* ``form="steers"``: every corrected step is a steer (``load_steers`` expands the trajectory);
+  a trajectory costs the characters of its corrections.
+* ``form="rewrites"``: a trajectory whose unsteered answer was wrong becomes one steer with an empty
+  prefix, the model's whole answer (``meta.original``) as ``rejected`` and a full correct answer as
+  ``corrected``, both ending the turn; it costs the characters of that answer, since a person
+  rewriting an output types all of it. The correct answer is the trajectory's final text when it
+  verified (the model's own wording, every error fixed), else the family's ``solve``. Plain DPO
+  trains on these with ``span=completion``; SFT on fully corrected outputs uses their chosen side.
+
+Trajectories whose unsteered answer was right cost nothing and give nothing to either form.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from localpref.data.errors import OnError
+from localpref.data.load import SteerList, iter_jsonl, steers_from_record
+from localpref.data.schema import Steer
+
+Form = Literal["steers", "rewrites"]
+
+
+def trajectory_cost(record: dict[str, Any], form: Form) -> int:
+    """Characters a person typed for this trajectory in ``form``."""
+    if form == "steers":
+        return int(sum(step.get("cost", {}).get("chars", 0) for step in record["steps"]))
+    return len(rewrite_text(record)) if record["meta"]["first_error"] is not None else 0
+
+
+def rewrite_text(record: dict[str, Any]) -> str:
+    """A full correct answer for the trajectory's prompt (module docstring)."""
+    if record["verified"]:
+        return record["final"]
+    from localpref.tasks import get_family
+
+    task = record["meta"]["task"]
+    return get_family(task["family"]).solve(task)
+
+
+def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budget: int | None = None,
+                   on_error: OnError = "raise") -> tuple[SteerList, dict[str, float]]:
+    """Steers of ``form`` from the first trajectories of ``path`` whose cost fits ``cost_budget``.
+
+    Returns the steers and what was taken: trajectories read and used, characters spent.
+    A trajectory that would overrun the budget ends the selection (the file's order is kept, so
+    a larger budget always holds a smaller one's data).
+    """
+    if form not in ("steers", "rewrites"):
+        raise ValueError(f"form must be 'steers' or 'rewrites', got {form!r}")
+    out = SteerList(source=str(path))
+    spent = used = read = 0
+    for line, record in iter_jsonl(path, on_error=on_error, skipped=out.skipped):
+        read += 1
+        cost = trajectory_cost(record, form)
+        if cost_budget is not None and spent + cost > cost_budget:
+            break
+        spent += cost
+        if form == "steers":
+            steers = steers_from_record(record)
+        elif record["meta"]["first_error"] is not None:
+            steers = [Steer(prompt=record["prompt"], prefix="", rejected=record["meta"]["original"],
+                            corrected=rewrite_text(record), id=f"{record['id']}/rewrite", corrected_ends_turn=True,
+                            rejected_ends_turn=bool(record["meta"]["original_ended"]), meta={"source": "rewrite"})]
+        else:
+            steers = []
+        used += bool(steers)
+        for steer in steers:
+            steer.origin = (str(path), line)
+        out.extend(steers)
+    return out, {"trajectories_read": read, "trajectories_used": used, "chars": spent}
