@@ -142,6 +142,30 @@ def _on_error(p: argparse.ArgumentParser, default: str) -> None:
                         f"by reason (default: {default})")
 
 
+def _add_from_tool(sub: Any) -> None:
+    p = sub.add_parser("from-tool", usage="localpref data from-tool TOOL IN [IN ...] OUT [options]", help="front-end save files (tgwui, sillytavern, loom, mikupad) -> steers",
+                       description="Read the chat logs, trees or sessions a front end saved and write each "
+                                   "correction the person made as a steer (several along one generation "
+                                   "as a trajectory). Which edits each format keeps, and which it loses, "
+                                   "is in the docstring of localpref/data/frontends/<tool>.py.")
+    p.add_argument("tool", choices=("tgwui", "sillytavern", "loom", "mikupad"), metavar="TOOL",
+                   help="tgwui (user_data/logs/{chat,instruct} *.json), sillytavern (chats/*.jsonl; edits need "
+                        "the More Flexible Continues extension), loom (tree *.json), mikupad (exported session *.json)")
+    p.add_argument("paths", nargs="+", metavar="IN ... OUT",
+                   help="save files or folders (searched recursively, 'backups' folders skipped), then the "
+                        "steer JSONL to write")
+    p.add_argument("--partial", action="store_true",
+                   help="chat replies may stop mid-answer: never end the assistant turn (default: a saved "
+                        "reply is a whole answer; Loom and mikupad texts never end a turn)")
+    p.add_argument("--hunks", choices=("first", "all"), default="first",
+                   help="for edited replies, a steer at the first difference only, or one per difference "
+                        "(as from-edits; default: first)")
+    p.add_argument("--system", default=None,
+                   help="a system message to put before every chat prompt (the chat files do not keep one)")
+    _on_error(p, "raise")
+    p.set_defaults(func=_from_tool)
+
+
 def register(subparsers: Any) -> None:
     """Add ``data`` and its subcommands to the top-level ``localpref`` parser."""
     data = subparsers.add_parser("data", help="import, generate and inspect steer JSONL files")
@@ -179,27 +203,7 @@ def register(subparsers: Any) -> None:
     _on_error(p, "raise")
     p.set_defaults(func=_from_defacto)
 
-    p = sub.add_parser("from-tool", help="front-end save files (tgwui, sillytavern, loom, mikupad) -> steers",
-                       description="Read the chat logs, trees or sessions a front end saved and write each "
-                                   "correction the person made as a steer (several along one generation "
-                                   "as a trajectory). Which edits each format keeps, and which it loses, "
-                                   "is in the docstring of localpref/data/frontends/<tool>.py.")
-    p.add_argument("tool", choices=("tgwui", "sillytavern", "loom", "mikupad"),
-                   help="tgwui: user_data/logs/{chat,instruct} *.json; sillytavern: chats/*.jsonl (edits need "
-                        "the More Flexible Continues extension); loom: tree *.json; mikupad: exported session *.json")
-    p.add_argument("paths", nargs="+", metavar="IN... OUT",
-                   help="save files or folders (searched recursively, 'backups' folders skipped), then the "
-                        "steer JSONL to write")
-    p.add_argument("--partial", action="store_true",
-                   help="chat replies may stop mid-answer: never end the assistant turn (default: a saved "
-                        "reply is a whole answer; Loom and mikupad texts never end a turn)")
-    p.add_argument("--hunks", choices=("first", "all"), default="first",
-                   help="for edited replies, a steer at the first difference only, or one per difference "
-                        "(as from-edits; default: first)")
-    p.add_argument("--system", default=None,
-                   help="a system message to put before every chat prompt (the chat files do not keep one)")
-    _on_error(p, "raise")
-    p.set_defaults(func=_from_tool)
+    _add_from_tool(sub)
 
     p = sub.add_parser("examples", help="write the built-in example steers (lists with a checkable rule)")
     p.add_argument("output")

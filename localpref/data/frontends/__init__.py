@@ -81,6 +81,8 @@ def import_tool(tool: str, inputs: Iterable[str | os.PathLike], out_path: str | 
         raise ValueError(f"tool must be one of {sorted(TOOLS)}, got {tool!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if hunks not in ("first", "all"):
+        raise ValueError(f"hunks must be 'first' or 'all', got {hunks!r}")
     module = TOOLS[tool]
     result = ToolResult()
     for path in expand_inputs(inputs, module.EXTENSIONS):

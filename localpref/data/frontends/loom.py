@@ -46,7 +46,7 @@ EXTENSIONS = (".json",)
 
 
 def read(path: str | Path, ctx: FileContext) -> None:
-    unused(ctx.result.counts, "nodes", "human_beside_model", "edited", "edited_original_lost")
+    unused(ctx.result.counts, "nodes", "human_beside_model", "edited", "edited_original_lost", "unchanged")
     data = read_json_file(path)
     if isinstance(data, list):
         data = {"root": {"text": "", "children": data}}
@@ -89,6 +89,9 @@ class _Tree:
     def _beside_model(self, before: str, kid: Mapping, model: list[str], path: tuple, where: str) -> None:
         corrected = get(kid, "text", str, f"{where}.text")
         self.ctx.count("human_beside_model")
+        if corrected in model:  # "Duplicate" left unedited: the same text on both sides
+            self.ctx.count("unchanged", model.count(corrected))
+            model = [m for m in model if m != corrected]
         ranked = sorted(model, key=lambda m: -similarity(m, corrected))  # stable: ties keep tree order
         label = str(kid.get("id", where))
         self.points.append(Point(path=path, candidates=[
@@ -101,6 +104,9 @@ class _Tree:
         if original is None:
             return
         text = get(kid, "text", str, f"{where}.text")
+        if text == original:  # changed, then changed back
+            self.ctx.count("unchanged")
+            return
         self.points.append(Point(path=path, candidates=edit_candidates(
             before, original, text, hunks=self.ctx.hunks, complete=False, label=str(kid.get("id", where)))))
 

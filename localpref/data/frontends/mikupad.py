@@ -58,7 +58,7 @@ def read(path: str | Path, ctx: FileContext) -> None:
         content = get(chunk, "content", str, f"{where}.content")
         ctx.count("chunks")
         if chunk.get("type") == "user":
-            ctx.count("typed_after_generation", generated)
+            ctx.count("typed_after_generation", int(generated))
         else:
             generated = True
             ctx.count("generated_chunks")
