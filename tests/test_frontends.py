@@ -88,6 +88,9 @@ def test_tgwui_greeting_chat_and_continue_after_edit(tmp_path, smollm2_tokenizer
     # Every hunk: the text Continue appended reads as an insertion at the end; --partial refuses it.
     res = import_tool("tgwui", [chat], None, hunks="all", partial=True, on_error="skip")
     assert len(res.steers) == 1 and dict(res.skipped) == {"empty_continuation": 1}
+    with pytest.raises(SteerError, match=r"20250302-09-00-00\.json field 'rejected': assistant_1/v0-v1/hunk1: "
+                                         r"'rejected' is empty"):
+        import_tool("tgwui", [chat], None, hunks="all", partial=True)
 
 
 def test_tgwui_torn_file_and_bad_field_are_named(tmp_path):
@@ -133,6 +136,21 @@ def test_sillytavern_continue_history_edits_become_a_trajectory(tmp_path, smollm
         assert steer.prompt[0] == {"role": "system", "content": SYSTEM}
         assert steer.prompt[-1] == {"role": "user", "content": lines[line - 2]["mes"]}
     assert "Kérvan" in steers[0].prompt[-1]["content"]
+
+
+def test_sillytavern_fork_shape_of_an_edited_first_segment(tmp_path, smollm2_tokenizer):
+    """kawaii-wolf's fork wraps the old and the edited first segment under an empty top entry."""
+    lines = ST_CHAT.read_text(encoding="utf-8").splitlines()
+    message = json.loads(lines[5])
+    old, regenerated, edited = message["continueHistory"]
+    message["continueHistory"] = [{"mes": "", "parent": [], "active": [0, 1], "swipes": [
+        {**old, "parent": [0]}, {**edited, "parent": [0]}]}, regenerated]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("\n".join(lines[:5] + [json.dumps(message, ensure_ascii=False)]), encoding="utf-8")
+    res = import_tool("sillytavern", [chat], None)
+    [steer] = [s for s in res.steers if "line6" in s.id]
+    assert (steer.prefix, _spans(steer, smollm2_tokenizer)) == ("", ("Indeed", "Yes"))
+    assert (res.counts["edits"], res.counts["regenerated"]) == (3, 2)
 
 
 def test_sillytavern_hidden_messages_stay_out_of_the_prompt(tmp_path):

@@ -24,8 +24,8 @@ from typing import Any
 
 from localpref.data.errors import OnError, SteerError
 from localpref.data.importers import WORD_RE, HunkMode, ImportResult, edit_steers
-from localpref.data.load import steers_from_record, validate_steer
-from localpref.data.schema import Prompt, Steer
+from localpref.data.load import steers_from_record
+from localpref.data.schema import Prompt
 
 # A later version (tgwui) or sibling segment (SillyTavern) counts as the person's edit of an
 # earlier one when at least this share of their words align (difflib ratio, 2*matches/total).
@@ -102,23 +102,18 @@ class FileContext:
             head, rest = valid[0], valid[1:]
             chain = next((ch for ch in reversed(chains) if ch.accepts(point.path, head)), None)
             if chain is None:
-                chain = _Chain(prompt=prompt if prompt is not None else head.prefix,
-                               said="" if prompt is not None else head.prefix)
+                chain = _Chain.start(prompt, head)
                 chains.append(chain)
             chain.extend(point.path, head)
             for c in rest:
-                self._write(_Chain(prompt=prompt if prompt is not None else c.prefix,
-                                   said="" if prompt is not None else c.prefix, steps=[]).extend(point.path, c),
-                            id, meta)
+                self._write(_Chain.start(prompt, c).extend(point.path, c), id, meta)
         for chain in chains:
             self._write(chain, id, meta)
 
     def _valid(self, prompt: Prompt | None, c: Candidate) -> bool:
-        steer = Steer(prompt=prompt if prompt is not None else c.prefix, prefix=c.prefix if prompt is not None else "",
-                      rejected=c.rejected, corrected=c.corrected, corrected_ends_turn=c.ends_turn,
-                      rejected_ends_turn=c.ends_turn)
+        """Whether ``c`` alone makes a steer the loader accepts; if not, raised or counted."""
         try:
-            validate_steer(steer)
+            steers_from_record(_Chain.start(prompt, c).extend((), c).record("", {}))
         except SteerError as e:
             self.handle(SteerError(e.reason, f"{c.label}: {e.message}", field=e.field))
             return False
@@ -142,6 +137,11 @@ class _Chain:
     steps: list[dict[str, Any]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     last: tuple | None = None
+
+    @classmethod
+    def start(cls, prompt: Prompt | None, c: Candidate) -> "_Chain":
+        """An empty chain for ``c``; for plain text (``prompt`` None) the prompt is the text before it."""
+        return cls(prompt=c.prefix, said=c.prefix) if prompt is None else cls(prompt=prompt, said="")
 
     def accepts(self, path: tuple, c: Candidate) -> bool:
         ended = bool(self.steps) and self.steps[-1].get("corrected_ends_turn", False)

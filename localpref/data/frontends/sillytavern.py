@@ -19,9 +19,11 @@ d417d1ee0a704fbcd90ad8963e977be05f2f3e23 (``index.js``), which stores per messag
 last continue" adds a new sample as a sibling of the segment; ``onMessageEdited`` finds the first
 segment on the active path that the edited message no longer starts with and adds a sibling
 holding the edited text from that segment's start to the end of the message (text appended at
-the very end becomes a child). A fork (stored variant with ``unshiftParent``) wraps an edited
-first segment in a root with empty ``mes`` whose children are the old and the edited segment;
-both shapes read the same here, since only the nesting is used.
+the very end becomes a child; an edited first segment becomes a new entry of the top list). The
+fork kawaii-wolf/SillyTavern-MoreFlexibleContinues (``index.js`` at commit
+1d05a3ed66b1b2ecd5c2088899c0ac997c6cf9d2) instead wraps an edited first segment in a new top
+entry with empty ``mes`` whose children are the old and the edited segment. Both shapes read the
+same here: only the nesting is used (``parent``/``active`` indices are not needed).
 
 What can be recovered: an edited segment. A later sibling is taken as the person's edit of the
 earlier sibling it most resembles (compared with that sibling's text plus its newest
@@ -92,6 +94,8 @@ def _message(messages: list[tuple[int, Mapping[str, Any]]], k: int, stem: str, c
     points: list[Point] = []
     roots = [(r, root) for r, root in enumerate(history) if root is not None]  # null: swipe without a tree
     _walk([root for _, root in roots], [f"continueHistory[{r}]" for r, _ in roots], ctx, points)
+    if not points:  # the usual case: the extension puts a one-segment tree on every message
+        return
     prompt = ctx.chat_prompt([_as_message(m) for _, m in messages[:k] if not m.get("is_system")])
     ctx.add(prompt, points, id=f"sillytavern/{stem}/line{line}",
             meta={"source": "sillytavern", "file": ctx.file, "line": line})
