@@ -218,6 +218,8 @@ def read_json_file(path: str | Path) -> Any:
     except json.JSONDecodeError as e:
         raise SteerError("invalid_json", f"invalid JSON: {e.msg} (column {e.colno}); a torn or "
                          f"truncated save?", line=e.lineno) from None
+    except RecursionError:  # the tools' own json writers cannot nest this deep either
+        raise SteerError("invalid_json", "JSON nested too deeply to read") from None
 
 
 def get(obj: Mapping, key: str, kind: type | tuple[type, ...], where: str, *, default: Any = ...) -> Any:
