@@ -8,6 +8,9 @@ transformers import) and each submodule can be read on its own:
     tokenize_steer, tokenize_steers,        tokenize.py  render, tokenize, find the span
     TokenizedSteer
     example_steers                          examples.py  built-in deterministic steers
+
+Importers (not re-exported): ``importers.py`` (edited outputs, TRL pairs, DeFacto) and
+``frontends/`` (text-generation-webui, SillyTavern, Loom, mikupad save files; ``import_tool``).
 """
 
 from __future__ import annotations

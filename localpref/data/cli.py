@@ -70,6 +70,44 @@ def _from_defacto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_steer_file_or_absent(path: str) -> bool:
+    """True when ``path`` is absent, empty, or starts with a steer (or trajectory) record."""
+    if not Path(path).is_file():
+        return not Path(path).exists()
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20).strip()
+    if not first:
+        return True
+    try:
+        return "prompt" in json.loads(first)
+    except (ValueError, TypeError):
+        return False
+
+
+@_guard
+def _from_tool(args: argparse.Namespace) -> int:
+    from localpref.data.frontends import import_tool
+
+    *inputs, output = args.paths
+    if not inputs:
+        print("error: give the save files (or folders) to read, then the output file", file=sys.stderr)
+        return 2
+    missing = [p for p in inputs if not Path(p).exists()]
+    if missing:
+        print(f"error: {missing[0]} does not exist", file=sys.stderr)
+        return 2
+    if not _is_steer_file_or_absent(output):
+        print(f"error: {output} exists and is not a steer JSONL file; refusing to overwrite it (the last "
+              f"path is the output: is it one of your save files?)", file=sys.stderr)
+        return 2
+    res = import_tool(args.tool, inputs, output, partial=args.partial, hunks=args.hunks, system=args.system,
+                      on_error=args.on_error)
+    _report(f"wrote {len(res.records)} records ({len(res.steers)} steers) to {output}", res.summary())
+    for note in res.notes:
+        print(f"note: {note}")
+    return 0
+
+
 @_guard
 def _examples(args: argparse.Namespace) -> int:
     from localpref.data.examples import example_steers
@@ -102,6 +140,30 @@ def _on_error(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--on-error", choices=("raise", "skip"), default=default,
                    help=f"bad rows: stop with an error naming file/line/field, or skip and count them "
                         f"by reason (default: {default})")
+
+
+def _add_from_tool(sub: Any) -> None:
+    p = sub.add_parser("from-tool", usage="localpref data from-tool TOOL IN [IN ...] OUT [options]", help="front-end save files (tgwui, sillytavern, loom, mikupad) -> steers",
+                       description="Read the chat logs, trees or sessions a front end saved and write each "
+                                   "correction the person made as a steer (several along one generation "
+                                   "as a trajectory). Which edits each format keeps, and which it loses, "
+                                   "is in the docstring of localpref/data/frontends/<tool>.py.")
+    p.add_argument("tool", choices=("tgwui", "sillytavern", "loom", "mikupad"), metavar="TOOL",
+                   help="tgwui (user_data/logs/{chat,instruct} *.json), sillytavern (chats/*.jsonl; edits need "
+                        "the More Flexible Continues extension), loom (tree *.json), mikupad (exported session *.json)")
+    p.add_argument("paths", nargs="+", metavar="IN ... OUT",
+                   help="save files or folders (searched recursively, 'backups' folders skipped), then the "
+                        "steer JSONL to write")
+    p.add_argument("--partial", action="store_true",
+                   help="chat replies may stop mid-answer: never end the assistant turn (default: a saved "
+                        "reply is a whole answer; Loom and mikupad texts never end a turn)")
+    p.add_argument("--hunks", choices=("first", "all"), default="first",
+                   help="for edited replies, a steer at the first difference only, or one per difference "
+                        "(as from-edits; default: first)")
+    p.add_argument("--system", default=None,
+                   help="a system message to put before every chat prompt (the chat files do not keep one)")
+    _on_error(p, "raise")
+    p.set_defaults(func=_from_tool)
 
 
 def register(subparsers: Any) -> None:
@@ -140,6 +202,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hunks", choices=("first", "all"), default="first")
     _on_error(p, "raise")
     p.set_defaults(func=_from_defacto)
+
+    _add_from_tool(sub)
 
     p = sub.add_parser("examples", help="write the built-in example steers (lists with a checkable rule)")
     p.add_argument("output")
