@@ -161,7 +161,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("examples", "jsonl", "defacto", "collected"),
     "data.form": ("steers", "rewrites"),
-    "steer_eval.split": ("train", "val", "heldout"),
+    "steer_eval.split": ("pretrain", "train", "val", "heldout"),
     "data.span": ("hunk", "continuation", "completion"),
     "data.on_error": ("raise", "skip"),
     "loss.objective": ("sft", "preference"),

@@ -123,7 +123,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("--family", required=True, choices=family_names())
         p.add_argument("--model", default="tiny", help="tiny | smollm2 | model folder | run dir (default: tiny)")
         p.add_argument("--adapter", default=None, help="LoRA adapter folder to load on top of --model")
-        p.add_argument("--split", default="heldout" if evaluate else "train", choices=("train", "val", "heldout", "test"),
+        p.add_argument("--split", default="heldout" if evaluate else "train", choices=("pretrain", "train", "val", "heldout", "test"),
                        help="prompts to use (test = heldout)")
         p.add_argument("--n", type=int, default=100, help="number of prompts")
         p.add_argument("--budget", type=int, default=4, help="steers allowed per prompt")

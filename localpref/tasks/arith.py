@@ -14,8 +14,8 @@ operation of the prompt and ``c`` the right result; line ``m`` is ``Answer: c``;
 blank space may follow. A line ``k < m`` must end with a newline (an answer that stops there is
 wrong at that line). Operands have two or three digits; running results stay non-negative.
 
-Splits: a prompt goes to train / val / heldout by a hash of its text (80/10/10). Chains of 2, 3
-or 4 operations are trained on; chains of 5 operations are never trained on: they appear only in
+Splits: a prompt goes to pretrain / train / val / heldout by a hash of its text (50/30/10/10,
+``localpref.tasks.base.SPLIT_SHARES``). Chains of 2, 3 or 4 operations are trained on; chains of 5 operations are never trained on: they appear only in
 ``heldout`` (every fifth heldout prompt, sub-family ``unseen``), to see whether steering on short chains
 carries over.
 """

@@ -23,7 +23,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-SPLITS = ("train", "val", "heldout")
+SPLITS = ("pretrain", "train", "val", "heldout")
+# Shares of the prompts in each split (by hash). A tiny task model is pretrained on "pretrain" only,
+# so steers collected on "train" are on prompts the model has never seen, like "val" and "heldout".
+SPLIT_SHARES = {"pretrain": 0.5, "train": 0.3, "val": 0.1, "heldout": 0.1}
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,15 @@ class Unit:
     complete: bool  # terminated, or the text is final
 
 
-def split_of(key: str, val_share: float = 0.1, heldout_share: float = 0.1) -> str:
-    """Deterministic split of a prompt key by hash: no prompt is in two splits, whatever the seed."""
+def split_of(key: str) -> str:
+    """Deterministic split of a prompt key by hash (``SPLIT_SHARES``): no prompt is in two splits,
+    whatever the seed."""
     x = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "heldout" if x < heldout_share else "val" if x < heldout_share + val_share else "train"
+    for split, share in SPLIT_SHARES.items():
+        if x < share:
+            return split
+        x -= share
+    return "heldout"  # x == 1.0 exactly
 
 
 def check_split(split: str) -> None:
@@ -71,7 +79,7 @@ class TaskFamily:
     # -- what a family implements --------------------------------------------------------------
 
     def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
-        """``n`` prompts of ``split`` (train | val | heldout), shuffled by ``seed``; splits share no prompt."""
+        """``n`` prompts of ``split`` (``SPLITS``), shuffled by ``seed``; splits share no prompt."""
         raise NotImplementedError
 
     def units(self, text: str, *, final: bool) -> list[Unit]:

@@ -11,8 +11,9 @@ place is wrong (the model should have stopped) and ``" 43"`` ending the answer e
 (it should have gone on). The correction of item ``k`` is the smallest valid unused number above the
 previous item (so the list stays ascending), or the first unused word/country of a fixed order.
 
-Splits: each prompt goes to train / val / heldout by a hash of its text (80/10/10); the rule
-``powers_of_two`` is never trained on: all its prompts are ``heldout`` (sub-family ``unseen``).
+Splits: each prompt goes to pretrain / train / val / heldout by a hash of its text (50/30/10/10,
+``localpref.tasks.base.SPLIT_SHARES``); the rule ``powers_of_two`` is never trained on: all its
+prompts are ``heldout`` (sub-family ``unseen``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 A model that never errs needs no steers, and a random one writes nothing a person could steer. A
 tiny task model sits between: it is trained (SFT, next-token loss on the answer and its end of
-turn) on prompts of the family's **train** split with answers from ``family.write``, a share
+turn) on prompts of the family's **pretrain** split with answers from ``family.write``, a share
 ``error_rate`` of which hold one wrong unit (a wrong list item, a wrong sum carried on as if it were
 right). So it writes in the family's format and makes the family's mistakes, at a rate set here
-plus whatever it fails to learn. Held-out prompts (val, heldout) are never seen.
+plus whatever it fails to learn. Prompts of the other splits (train: where steers are collected;
+val; heldout) are never seen, so the model is steered on prompts new to it, as a user would.
 
 Each model has its own small byte-level BPE tokenizer (``TinySpec.vocab_size`` tokens, digits
 always single tokens, any text encodable), trained on the same train-split text, with a ChatML
@@ -36,7 +37,7 @@ import torch
 
 from localpref.models import cache_root, tiny_llama_config
 
-VERSION = 1  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
+VERSION = 2  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
     from localpref.tasks import get_family
 
     family = get_family(family_name)
-    tasks = family.tasks("train", n=None if family_name == "lists" else 20_000, seed=spec.seed)
+    tasks = family.tasks("pretrain", n=None if family_name == "lists" else 20_000, seed=spec.seed)
     rng = random.Random(spec.seed)
     sample = [tasks[rng.randrange(len(tasks))] for _ in range(4000)]
     tokenizer = train_tokenizer([t for task in sample for t in (*(m["content"] for m in task.prompt),
