@@ -194,6 +194,37 @@ def test_truncation_cuts_tail_after_hunk_then_raises(smollm2_tokenizer):
                        span="continuation", max_length=2)
 
 
+def test_no_mask_ever_marks_position_zero(smollm2_tokenizer):
+    # SmolLM2 adds no BOS to plain text: truncation that drops the whole prompt leaves a completion
+    # token at position 0, which no logit predicts; collating it used to raise at the first eval.
+    from localpref.collate import collate_padded
+
+    tok = smollm2_tokenizer
+    steer = Steer(prompt="Count 0:", prefix=" one two three four five six", rejected=" seven eight",
+                  corrected=" nine eight")
+    full = tokenize_steer(steer, tok)
+    for span in ("hunk", "continuation"):
+        for max_length in range(4, len(full.chosen_ids) + 1):
+            kept, skipped = tokenize_steers([steer], tok, span=span, max_length=max_length, on_error="skip")
+            if skipped:
+                assert dict(skipped) == {"span_too_long": 1}
+                continue
+            (ts,) = kept
+            assert ts.span_ids() == tokenize_steer(steer, tok, span=span).span_ids()
+            for mask in (ts.chosen_span_mask, ts.rejected_span_mask, ts.chosen_completion_mask,
+                         ts.rejected_completion_mask):
+                assert not mask[0], (span, max_length)
+            collate_padded([ts], [0], tok.pad_token_id)
+            if ts.prompt_len == 0:  # the whole prompt went: the first kept token is context only
+                assert ts.chosen_completion_mask == [i >= 1 for i in range(len(ts.chosen_ids))]
+    # With no BOS a prompt can merge with both continuations into their first token ("a" + "nd" /
+    # "re" -> "and" / "are"): the competing tokens sit at position 0, so the steer is bad input.
+    for span in ("hunk", "completion"):
+        with pytest.raises(SteerError) as e:
+            tokenize_steer(Steer(prompt="a", prefix="", rejected="nd", corrected="re"), tok, span=span)
+        assert e.value.reason == "span_at_start"
+
+
 def test_tokenize_steers_policy_and_batching_match_single(smollm2_tokenizer):
     tok = smollm2_tokenizer
     good = [Steer(prompt=CHAT, prefix="p", rejected=f" {i}", corrected=f" {i + 1}!", id=f"g{i}")
@@ -272,8 +303,9 @@ def _check_properties(tok, steer: Steer, span: str, prompt_text: str, lead: int)
     ]:
         assert len(ids) == len(span_mask) == len(completion_mask)
         assert any(span_mask) and not any(s and not c for s, c in zip(span_mask, completion_mask))
-        assert completion_mask == [i >= ts.prompt_len for i in range(len(ids))]
-        assert span_mask[ts.prompt_len if span == "completion" else p]
+        first = max(ts.prompt_len, 1)  # position 0 is never masked: no logit predicts it
+        assert completion_mask == [i >= first for i in range(len(ids))]
+        assert span_mask[first if span == "completion" else p]
         # nothing outside the assistant completion is masked: every completion token covers
         # at least one character after the rendered prompt (leading specials: none)
         assert ids[lead:] == enc["input_ids"] and not any(completion_mask[:lead])

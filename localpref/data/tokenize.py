@@ -35,6 +35,10 @@ Positions (all indices into a side's ids; the spans themselves come from ``local
   The competing token is then prompt text on one side, which the model never chose, so such
   a steer raises ``SteerError("divergence_in_prompt")``. Otherwise ``prompt_len <= prefix_len``
   and every masked token covers completion text.
+* No mask ever marks position 0: no logit predicts the token there. Without a BOS a completion
+  token can sit at 0 (the prompt merges into it, or truncation dropped the whole prompt); it is
+  then context only, and the masks start at 1. If the two sides already differ at position 0,
+  nothing can score the competing tokens: ``SteerError("span_at_start")``.
 
 Truncation to ``max_length`` (per side): drop tokens from the left, after a leading BOS which
 is always kept, up to the span start (prompt first, then shared prefix tokens in "hunk" and
@@ -45,7 +49,8 @@ Bad steers raise ``SteerError`` (or are skipped and counted by ``tokenize_steers
 ``identical_continuations`` (same text, or different text with the same tokens, e.g. under a
 lowercasing normalizer), ``prefix_continuation`` (one side's tokens are a strict prefix of the
 other's, e.g. a partial corrected continuation that only deletes the rejected tail: there is
-no competing token at the divergence), ``divergence_in_prompt`` (above), ``span_too_long``.
+no competing token at the divergence), ``divergence_in_prompt`` and ``span_at_start`` (above),
+``span_too_long``.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ class TokenizedSteer:
     """One steer as two token sequences with masks; all lists of a side have the same length.
 
     Masks mark POSITIONS ``i`` whose token ``ids[i]`` is trained on (scored by ``logits[i-1]``).
-    ``*_span_mask`` is a subset of ``*_completion_mask``, which is ``i >= prompt_len``.
+    ``*_span_mask`` is a subset of ``*_completion_mask``, which is ``i >= max(prompt_len, 1)``:
+    position 0 is never marked, since no logit predicts it.
     """
 
     chosen_ids: list[int]  # (t_c,) prompt + prefix + corrected continuation
@@ -184,6 +190,13 @@ def _check_args(span: str, max_length: int | None) -> None:
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
 
 
+def _first_scored(prompt_len: int) -> int:
+    """The first position a mask may mark: the first completion token, but never position 0,
+    whose token no logit predicts (a completion token lands there when there is no BOS and the
+    prompt merges into it, or truncation dropped the whole prompt): it is then context only."""
+    return max(prompt_len, 1)
+
+
 def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, context_after: int,
            min_match: int, bos_token_id: int | None) -> TokenizedSteer:
     """Spans, masks and truncation for one encoded steer."""
@@ -205,10 +218,15 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
                          f"differently (a token merges prompt text with one continuation only, "
                          f"e.g. a trailing space or newline), so one competing token is prompt "
                          f"text; move that whitespace into the prefix or the prompt", field="prefix")
+    if prefix_len == 0:  # possible only without a BOS, when the first token merges prompt and completion
+        raise SteerError("span_at_start",
+                         f"steer {steer.id!r}: the two sides differ at their first token, which no "
+                         f"logit predicts (the tokenizer adds no BOS and the first token merges "
+                         f"prompt and completion text); lengthen the prompt", field="prompt")
     # equal on both sides here: they share all tokens before the divergence, offsets included
     prompt_len = enc.chosen_completion_start
     (c_start, c_end), (r_start, r_end) = span_bounds(
-        chosen, rejected, prompt_len=prompt_len, mode=span, context_after=context_after,
+        chosen, rejected, prompt_len=_first_scored(prompt_len), mode=span, context_after=context_after,
         min_match=min_match)
 
     dropped = 0
@@ -236,8 +254,8 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
         rejected_ids=rejected,
         chosen_span_mask=interval_mask(len(chosen), c_start, c_end),
         rejected_span_mask=interval_mask(len(rejected), r_start, r_end),
-        chosen_completion_mask=interval_mask(len(chosen), prompt_len, len(chosen)),
-        rejected_completion_mask=interval_mask(len(rejected), prompt_len, len(rejected)),
+        chosen_completion_mask=interval_mask(len(chosen), _first_scored(prompt_len), len(chosen)),
+        rejected_completion_mask=interval_mask(len(rejected), _first_scored(prompt_len), len(rejected)),
         prefix_len=prefix_len,
         prompt_len=prompt_len,
         id=steer.id,
@@ -260,7 +278,8 @@ def tokenize_steer(steer: Steer, tokenizer: Any, *, span: str = "hunk", max_leng
         min_match: equal tokens in a row that end a hunk (``localpref.spans.hunk_span``).
 
     Raises:
-        SteerError: reason "identical_continuations", "prefix_continuation" or "span_too_long".
+        SteerError: reason "identical_continuations", "prefix_continuation",
+            "divergence_in_prompt", "span_at_start" or "span_too_long".
     """
     _check_args(span, max_length)
     r = _Renderer(tokenizer)
