@@ -52,7 +52,7 @@ class DataConfig:
     n_eval: Optional[int] = None  # cap on held-out steers (None: all)
     span: str = "hunk"  # what the span is: "hunk" | "continuation" | "completion" (see localpref.spans)
     context_after: int = 0  # extra tokens after the hunk kept in the span
-    max_length: Optional[int] = 512  # longest tokenized sequence; longer steers are errors (see on_error)
+    max_length: Optional[int] = 512  # longer: cut the tail after the span, then the left (README); no fit: on_error
     on_error: str = "skip"  # bad steers: "raise" (stop with file/line/field) | "skip" (count and log)
 
 

@@ -34,6 +34,7 @@ class InspectStats:
     rejected_span_lengths: list[int] = field(default_factory=list)
     prefix_tokens: list[int] = field(default_factory=list)  # completion tokens before the divergence
     sequence_lengths: list[int] = field(default_factory=list)  # max(len(chosen), len(rejected))
+    truncated_left: int = 0  # steers that lost context on the left (prompt, prefix) to fit max_length
     ends_turn: Counter = field(default_factory=Counter)  # "corrected" / "rejected" -> count
 
 
@@ -82,6 +83,7 @@ def collect_stats(steers: SteerList, tokenized: list, tokenize_skipped: SkipCoun
         stats.rejected_span_lengths.append(sum(ts.rejected_span_mask))
         stats.prefix_tokens.append(ts.prefix_len - ts.prompt_len)
         stats.sequence_lengths.append(max(len(ts.chosen_ids), len(ts.rejected_ids)))
+        stats.truncated_left += ts.truncated_left > 0
     return stats
 
 
@@ -152,6 +154,7 @@ def render_stats(console: Any, stats: InspectStats) -> None:
     console.print(f"steers loaded: {stats.steers}   tokenized: {stats.tokenized}   "
                   f"trajectories without corrections: {stats.accepted_records}")
     console.print(f"ends turn: corrected {stats.ends_turn['corrected']}, rejected {stats.ends_turn['rejected']}")
+    console.print(f"truncated from the left (context lost) to fit max_length: {stats.truncated_left}")
     for name, skipped in (("skipped while loading", stats.skipped_load),
                           ("skipped while tokenizing", stats.skipped_tokenize)):
         console.print(f"{name}: {sum(skipped.values())}" + (f"  {dict(sorted(skipped.items()))}" if skipped else ""))

@@ -40,10 +40,19 @@ Positions (all indices into a side's ids; the spans themselves come from ``local
   then context only, and the masks start at 1. If the two sides already differ at position 0,
   nothing can score the competing tokens: ``SteerError("span_at_start")``.
 
-Truncation to ``max_length`` (per side): drop tokens from the left, after a leading BOS which
-is always kept, up to the span start (prompt first, then shared prefix tokens in "hunk" and
-"continuation" modes); then cut each side's tail after its span from the right. The span is
-never cut: a steer whose span cannot fit raises ``SteerError("span_too_long")``.
+Truncation to ``max_length`` (per side), in this order:
+
+1. The tail after each side's span (in "hunk" mode the shared tail beyond ``context_after``; the
+   other modes have none) is cut from the right first: under causal attention it never changes
+   the span's log-probs.
+2. Only if a span still ends past ``max_length``, tokens are dropped from the left, after a
+   leading BOS which is always kept, just enough for both spans to fit (prompt first, then
+   shared prefix tokens), keeping at least one token before the span.
+
+The span is never cut: a steer whose span cannot fit raises ``SteerError("span_too_long")``.
+Dropping from the left loses context the span is predicted from, so ``truncated_left`` records
+it (``localpref data inspect`` shows and counts it). The completion masks cover what is kept, so
+a loss on ``mask=completion`` with ``span=hunk`` sees less of the tail.
 
 Bad steers raise ``SteerError`` (or are skipped and counted by ``tokenize_steers``):
 ``identical_continuations`` (same text, or different text with the same tokens, e.g. under a
@@ -233,9 +242,11 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
     if max_length is not None:
         # Keep a leading BOS: models are trained with it at position 0.
         keep = int(prompt_len > 0 and bos_token_id is not None and chosen[0] == bos_token_id)
-        over = max(len(chosen), len(rejected)) - max_length
-        # At least one token must stay before the span: ids[i] is scored by logits[i - 1], so a
-        # span starting at position 0 could not be trained on.
+        # The tails after the spans go first: under causal attention they never change the
+        # span's log-probs, while every token on the left is context for it. So drop from the
+        # left only what the spans need to end within max_length, and keep at least one token
+        # before them (ids[i] is scored by logits[i - 1]); the tails are cut below.
+        over = max(c_end, r_end) - max_length
         dropped = max(0, min(over, min(c_start, r_start) - max(keep, 1)))
         chosen = chosen[:keep] + chosen[keep + dropped:]
         rejected = rejected[:keep] + rejected[keep + dropped:]
