@@ -7,8 +7,10 @@ causal LM and returns per-token log-probs aligned with the input positions. Refe
 * ``adapter_disabled``  the LoRA policy with its adapters switched off (no second copy);
 * ``precomputed``       per-token log-probs of the span and completion tokens, computed once by
                         one of the above and cached on disk under
-                        ``cache_root()/reflogps/<hash>``, keyed by the model's weights and the
-                        tokenized data, so all runs of a sweep over one model and data share it.
+                        ``cache_root()/reflogps/<hash>``, keyed by the model's config,
+                        attention implementation, dtypes and weights, the scoring precision
+                        and lm_head path, and the tokenized data, so all runs of a sweep over
+                        one model and data share it.
 
 All return ``(ref_chosen_logps (b, t), ref_rejected_logps (b, t))`` in the batch's layout.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -184,9 +187,24 @@ def make_model_reference(kind: str, policy_model: nn.Module, precision: str,
     raise ValueError(f"no model reference of kind {kind!r}")
 
 
-def _fingerprint(model: nn.Module, examples: Sequence, extra: str) -> str:
-    """sha256 of the model's weights, the tokenized pairs (ids and masks) and ``extra``."""
-    h = hashlib.sha256(extra.encode())
+def _computation(scorer: TokenScorer) -> str:
+    """What decides the reference's log-probs besides weights and data, as canonical JSON: the
+    model's config (architecture, heads, RoPE, norms: equal weights can compute different
+    things), its attention implementation (not in the config's dict), its parameter dtypes
+    (weights are hashed as fp32), and the scorer's autocast precision and lm_head path."""
+    model = scorer.model
+    config = model.config.to_dict()
+    config.pop("_name_or_path", None)  # where the model was read from, not what it computes
+    return json.dumps({"config": config, "attn_implementation": getattr(model.config, "_attn_implementation", None),
+                       "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+                       "precision": scorer.precision, "span_only": scorer.span_only}, sort_keys=True, default=str)
+
+
+def _fingerprint(scorer: TokenScorer, examples: Sequence) -> str:
+    """sha256 of how the scorer computes (``_computation``), the model's weights and the
+    tokenized pairs (ids and masks): the precomputed cache's key."""
+    model = scorer.model
+    h = hashlib.sha256(_computation(scorer).encode())
     for name, t in sorted(model.state_dict().items()):
         if "lora_" in name:  # adapters are off in the reference; their (random) init must not matter
             continue
@@ -227,9 +245,9 @@ class PrecomputedReference:
     @classmethod
     @torch.no_grad()
     def build(cls, reference: ModelReference, examples: Sequence, pad_id: int, *, batch_size: int,
-              device: torch.device, tag: str) -> tuple["PrecomputedReference", Path]:
-        """Load the cached table for (model weights, examples) or compute and store it atomically."""
-        key = _fingerprint(reference.scorer.model, examples, tag)
+              device: torch.device) -> tuple["PrecomputedReference", Path]:
+        """Load the cached table for (model, weights, precision, examples) or compute and store it atomically."""
+        key = _fingerprint(reference.scorer, examples)
         folder = cache_root() / "reflogps" / key
         if (folder / "logps.safetensors").exists():
             return cls(load_file(str(folder / "logps.safetensors"))), folder

@@ -244,8 +244,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     model_ref = make_model_reference(source, model, t.precision, t.span_only_lm_head)
     train_ref = eval_ref = model_ref
     if cfg.reference.kind == "precomputed":
-        tag = f"{cfg.data.span}|{cfg.data.max_length}|{t.precision}|{t.span_only_lm_head}"
-        build = dict(batch_size=cfg.reference.batch_size, device=procs.device, tag=tag)
+        build = dict(batch_size=cfg.reference.batch_size, device=procs.device)  # keyed in reference.py
         train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build)
         eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build)
         data_stats["data/reference_cache"] = str(cache)

@@ -105,6 +105,55 @@ def test_precomputed_reference_equals_frozen_copy(loss, tmp_path, monkeypatch):
     assert (cache / "logps.safetensors").stat().st_mtime_ns == stamp
 
 
+def _hand_pairs() -> list:
+    """Two tokenized pairs over a 256-token vocabulary (for models built from tiny_llama_config)."""
+    from localpref.data.tokenize import TokenizedSteer
+
+    def pair(ids: list[int], chosen: int, rejected: int) -> TokenizedSteer:
+        n = len(ids) + 1
+        span = [i == len(ids) - 1 for i in range(n)]
+        completion = [i >= 2 for i in range(n)]
+        c, r = ids[:-1] + [chosen, ids[-1]], ids[:-1] + [rejected, ids[-1]]
+        return TokenizedSteer(c, r, span, span, completion, completion, prefix_len=len(ids) - 1, prompt_len=2)
+
+    return [pair([3, 14, 15, 92, 65], 35, 89), pair([27, 18, 28, 18, 28, 45], 90, 45)]
+
+
+def test_precomputed_cache_is_keyed_on_the_model_config(tmp_path, monkeypatch):
+    # Two tiny models that differ only in their head count have weights of the same shapes, and
+    # the same seed makes them equal; their log-probs differ all the same. Each must get its own table.
+    from transformers import LlamaForCausalLM
+
+    from localpref.collate import collate_padded
+    from localpref.models import tiny_llama_config
+    from localpref.reference import PrecomputedReference, TokenScorer, _fingerprint, make_model_reference
+
+    monkeypatch.setenv("LOCALPREF_CACHE", str(tmp_path))
+    pairs = _hand_pairs()
+    batch = collate_padded(pairs, [0, 1], pad_id=0)
+    folders, live = [], []
+    for heads in (2, 4):
+        config = tiny_llama_config(hidden_size=16, num_heads=heads)
+        config.initializer_range = 0.5  # sharper attention, so the head count matters visibly
+        torch.manual_seed(0)
+        reference = make_model_reference("copy", LlamaForCausalLM(config), "fp32")
+        cached, folder = PrecomputedReference.build(reference, pairs, 0, batch_size=2, device=torch.device("cpu"))
+        # "completion" covers every cached position (span is a subset): the same forward, bit for bit
+        live.append(reference.token_logps(batch, "completion"))
+        for got, want in zip(cached.token_logps(batch, "completion"), live[-1]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        folders.append(folder)
+    assert (live[0][0] - live[1][0]).abs().max() > 0.1  # the head count does change the log-probs
+    assert folders[0] != folders[1]
+    # The attention implementation, the weights' dtype and the autocast precision are in the key too.
+    model = reference.scorer.model.to(torch.bfloat16).float()  # weights that bf16 holds exactly
+    keys = {_fingerprint(TokenScorer(model, "fp32"), pairs), _fingerprint(TokenScorer(model, "bf16"), pairs)}
+    model.config._attn_implementation = "eager"
+    keys.add(_fingerprint(TokenScorer(model, "fp32"), pairs))
+    keys.add(_fingerprint(TokenScorer(model.to(torch.bfloat16), "fp32"), pairs))  # the same weights, in bf16
+    assert len(keys) == 4
+
+
 def test_adapter_disabled_reference_equals_frozen_copy_with_lora(tmp_path):
     run(tmp_path / "copy", "peft=lora", "reference=copy", "trainer.max_steps=3")
     run(tmp_path / "off", "peft=lora", "reference=adapter_disabled", "trainer.max_steps=3")
