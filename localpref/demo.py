@@ -17,7 +17,7 @@ from localpref.log import read_metrics
 from localpref.train import CONF_DIR, train
 
 SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) > log p(rejected)"),
-         ("eval/span/reward_accuracy", "reward accuracy: policy margin > reference margin"),
+         ("eval/span/reward_accuracy", "reward accuracy: policy margin > reference's (tie: 1/2)"),
          ("eval/span/nll", "NLL per token of the corrected span"),
          ("eval/drift/nll", "NLL per token of whole corrected completions (drift)"),
          ("eval/drift/kl", "KL(policy || reference) per completion token (drift)")]

@@ -166,11 +166,34 @@ def test_eval_metrics_before_training_are_the_references(tmp_path):
     rows = run(tmp_path)
     before = next(r for r in rows if "eval/span/margin" in r)
     assert before["step"] == 0
-    assert before["eval/span/margin"] == 0.0 and before["eval/span/reward_accuracy"] == 0.0
+    assert before["eval/span/margin"] == 0.0 and before["eval/span/reward_accuracy"] == 0.5  # all ties
     assert before["eval/drift/kl"] == pytest.approx(0.0, abs=1e-7)
     assert before["eval/span/nll"] > 0 and before["eval/drift/nll"] > 0
     after = [r for r in rows if "eval/span/margin" in r][-1]
     assert after["step"] == 2 and after["eval/drift/kl"] > 0
+
+
+def test_eval_before_training_is_the_same_with_a_cached_reference(tmp_path, monkeypatch):
+    # Before any step the policy is the reference: every span margin must be an exact tie, with
+    # a live copy and with cached log-probs alike, also under bf16. Scoring the policy through
+    # full bf16 logits and the cache through the fp32-accumulating span-only path made the
+    # precomputed run's margins rounding noise (reward accuracy 0.625 vs 0 with a copy).
+    from localpref.models import cache_root, smollm2_dir
+
+    smollm2_dir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(cache_root() / "models")
+    monkeypatch.setenv("LOCALPREF_CACHE", str(tmp_path / "cache"))
+    before = {}
+    for kind in ("copy", "precomputed"):
+        rows = run(tmp_path / kind, f"reference={kind}", "trainer.precision=bf16", "data.n_eval=16",
+                   "trainer.max_steps=1")
+        before[kind] = next(r for r in rows if "eval/span/margin" in r and r["step"] == 0)
+    assert [row["eval/span/margin"] for row in before.values()] == [0.0, 0.0]
+    for kind, row in before.items():
+        assert row["eval/span/reward_ties"] == 1.0, kind  # every pair ties...
+        assert row["eval/span/reward_accuracy"] == 0.5, kind  # ...and a tie counts half
+    assert before["copy"]["eval/span/nll"] == before["precomputed"]["eval/span/nll"]
 
 
 @pytest.mark.slow
