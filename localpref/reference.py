@@ -92,6 +92,9 @@ class TokenScorer(nn.Module):
     forward(input_ids (r, t), attention_mask (r, t), score_mask (r, t)) -> (r, t) float32, where
     out[:, i] = log p(input_ids[:, i] | input_ids[:, :i]) if score_mask[:, i] else 0. The shift is
     here and only here: logits[:, i-1] score ids[:, i]; position 0 has no logits and scores 0.
+    Without a ``score_mask`` it returns the raw (r, t, v) logits (``logits()``): every use of the
+    model goes through this module's ``__call__``, so a wrapper's hooks run (FSDP2 gathers the
+    root's sharded embedding, norm and lm_head there).
 
     Span-only path (``self.span_only``, chosen once here): the loss needs one number per scored
     token, so run the backbone, keep the hidden states of the scored positions only and project
@@ -114,12 +117,17 @@ class TokenScorer(nn.Module):
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(r, t, v) raw logits (model dtype; autocast to bf16 when precision=bf16)."""
+        return self(input_ids, attention_mask)
+
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         with self._autocast(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor | None = None) -> Tensor:
+        if score_mask is None:
+            return self._logits(input_ids, attention_mask)  # (r, t, v)
         if not self.span_only:
-            logits = self.logits(input_ids, attention_mask)  # (r, t, v)
+            logits = self._logits(input_ids, attention_mask)  # (r, t, v)
             scored = token_logps(logits[:, :-1], input_ids[:, 1:], score_mask[:, 1:])  # (r, t-1) fp32
             return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
         # Looked up per call rather than stored: registering them again as submodules would
@@ -173,17 +181,21 @@ class ModelReference:
             return self.scorer.logits(inputs["input_ids"], inputs["attention_mask"])
 
 
-def make_model_reference(kind: str, policy_model: nn.Module, precision: str,
-                         span_only: bool = True) -> ModelReference:
-    """A ``copy`` or ``adapter_disabled`` reference of the policy as it is now (before training)."""
+def make_model_reference(kind: str, policy: TokenScorer) -> ModelReference:
+    """A ``copy`` or ``adapter_disabled`` reference of the policy as it is now (before training).
+
+    ``adapter_disabled`` scores through the policy's own ``TokenScorer`` (so through its FSDP
+    root once it is sharded in place); ``copy`` through a frozen copy with the same precision
+    and lm_head path.
+    """
     if kind == "copy":
-        frozen = copy.deepcopy(policy_model).eval()
+        frozen = copy.deepcopy(policy.model).eval()
         frozen.requires_grad_(False)
-        return ModelReference(TokenScorer(frozen, precision, span_only), adapter_disabled=False)
+        return ModelReference(TokenScorer(frozen, policy.precision, policy.span_only), adapter_disabled=False)
     if kind == "adapter_disabled":
-        if not hasattr(policy_model, "disable_adapter"):
+        if not hasattr(policy.model, "disable_adapter"):
             raise ValueError("reference=adapter_disabled needs peft=lora (the policy has no adapters)")
-        return ModelReference(TokenScorer(policy_model, precision, span_only), adapter_disabled=True)
+        return ModelReference(policy, adapter_disabled=True)
     raise ValueError(f"no model reference of kind {kind!r}")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,15 +116,17 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.O
 
 
 def wrap_for_processes(scorer: TokenScorer, procs: Processes, strategy: str) -> torch.nn.Module:
-    """DDP (CPU or GPU) or FSDP2 (GPU; shards every decoder layer) when there are several processes."""
+    """DDP, or FSDP2 (shards every decoder layer, then the rest at the root), when there are
+    several processes; both run on CPU (gloo) and GPU (NCCL)."""
     if procs.world == 1:
         return scorer
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(scorer, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
-    # FSDP2 is not exercised by the CPU test suite (it needs GPUs). Its gradient reduction also
-    # averages over processes, so the loop's world-size scaling below holds for it too.
+    # FSDP2's gradient reduce-scatter also averages over processes, so the loop's world-size
+    # scaling holds for it too. fully_shard changes `scorer` in place (and returns it): the
+    # adapter_disabled reference, which shares it, goes through the same root.
     from torch.distributed.fsdp import fully_shard
 
     for module in scorer.modules():
@@ -133,22 +135,31 @@ def wrap_for_processes(scorer: TokenScorer, procs: Processes, strategy: str) -> 
     return fully_shard(scorer)
 
 
+@contextmanager
+def gathered_root(policy: torch.nn.Module):
+    """The FSDP2 root's own weights (embedding, norm, lm_head) gathered for code that calls the
+    model without the root's forward (generation); decoder layers gather in their own hooks."""
+    policy.unshard()
+    try:
+        yield
+    finally:
+        policy.reshard()
+
+
 def _gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU state dict of an FSDP2 model (GPU only; not exercised by the CPU tests)."""
+    """Unsharded CPU state dict of an FSDP2 model (a collective: every process calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def no_grad_sync(policy: torch.nn.Module, sync: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP / FSDP2)."""
-    if sync:
+    """Skip the gradient reduction on all but the last micro-batch of a step (DDP / FSDP2)."""
+    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2: a flag, set for every micro-batch
+        policy.set_requires_gradient_sync(sync)
         return nullcontext()
-    if hasattr(policy, "no_sync"):
+    if not sync and hasattr(policy, "no_sync"):
         return policy.no_sync()
-    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2
-        policy.set_requires_gradient_sync(False)
-        return nullcontext()
     return nullcontext()
 
 
@@ -208,6 +219,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     validate(cfg)
     t = cfg.trainer
     procs = init_processes(t.device)
+    sharded = procs.world > 1 and t.strategy == "fsdp"
+    if sharded and t.export and cfg.peft.kind == "lora":  # found now, not after training
+        raise ValueError("exporting an FSDP-sharded LoRA model is not supported: set trainer.export=false "
+                         "(sharded checkpoints are still written) or use trainer.strategy=ddp")
     seed_everything(cfg.seed, t.deterministic)
     run_dir = Path(cfg.run_dir or _hydra_output_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -238,10 +253,11 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
     # come from the LoRA base (adapters off) or from a temporary frozen copy.
+    scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
     source = cfg.reference.kind
     if source == "precomputed":
         source = "adapter_disabled" if cfg.peft.kind == "lora" else "copy"
-    model_ref = make_model_reference(source, model, t.precision, t.span_only_lm_head)
+    model_ref = make_model_reference(source, scorer)
     train_ref = eval_ref = model_ref
     if cfg.reference.kind == "precomputed":
         build = dict(batch_size=cfg.reference.batch_size, device=procs.device)  # keyed in reference.py
@@ -250,15 +266,13 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         data_stats["data/reference_cache"] = str(cache)
         del model_ref  # the frozen copy (if any) is freed; with LoRA it was the policy itself
 
-    scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
-    policy = wrap_for_processes(scorer, procs, t.strategy)
-    sharded = procs.world > 1 and t.strategy == "fsdp"
+    policy = wrap_for_processes(scorer, procs, t.strategy)  # FSDP2 shards `scorer` in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, t)
     state = TrainState()
     checkpoint = latest_checkpoint(run_dir) if t.resume else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, sharded=sharded)
         logger.truncate_after(state.step)  # steps logged after the checkpoint will be redone
         print(f"resumed from {checkpoint} at step {state.step}")
     else:
@@ -266,10 +280,13 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size, device=procs.device)
-        if cfg.generation_eval is not None and procs.rank == 0:
+        # Under FSDP every process generates (the shards are gathered in step) with the root's
+        # own weights gathered for the whole call; rank 0 logs.
+        if cfg.generation_eval is not None and (procs.rank == 0 or sharded):
             hook, was_training = load_hook(cfg.generation_eval), model.training
             model.eval()
-            metrics.update({f"generation/{k}": v for k, v in hook(model, tokenizer, eval_steers, cfg).items()})
+            with gathered_root(policy) if sharded else nullcontext():
+                metrics.update({f"generation/{k}": v for k, v in hook(model, tokenizer, eval_steers, cfg).items()})
             model.train(was_training)
         metrics = {f"eval/{k}": v for k, v in metrics.items()}
         logger.log_metrics(step, metrics)
@@ -319,9 +336,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
             run_eval(state.step)
         checkpoint_now = (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps
-        if checkpoint_now and not sharded:  # FSDP runs are not checkpointed (see config.validate)
-            if procs.rank == 0:
-                save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
+        if checkpoint_now:
+            if procs.rank == 0 or sharded:  # FSDP: every process writes its shards
+                save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=t.keep_checkpoints,
+                                sharded=sharded)
             if procs.world > 1:
                 dist.barrier()
     progress.close()

@@ -136,7 +136,7 @@ def test_precomputed_cache_is_keyed_on_the_model_config(tmp_path, monkeypatch):
         config = tiny_llama_config(hidden_size=16, num_heads=heads)
         config.initializer_range = 0.5  # sharper attention, so the head count matters visibly
         torch.manual_seed(0)
-        reference = make_model_reference("copy", LlamaForCausalLM(config), "fp32")
+        reference = make_model_reference("copy", TokenScorer(LlamaForCausalLM(config), "fp32"))
         cached, folder = PrecomputedReference.build(reference, pairs, 0, batch_size=2, device=torch.device("cpu"))
         # "completion" covers every cached position (span is a subset): the same forward, bit for bit
         live.append(reference.token_logps(batch, "completion"))
