@@ -35,6 +35,7 @@ class ModelConfig:
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off: never execute code shipped with a model folder
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
+    disable_dropout: bool = True  # zero the model's dropout probabilities, as TRL does (LoRA's: peft.dropout)
     # Sizes of the tiny model (source=tiny only); vocab = len(tokenizer).
     hidden_size: int = 32  # width of the tiny model
     num_layers: int = 2  # decoder layers of the tiny model

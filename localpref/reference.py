@@ -159,14 +159,26 @@ def score_batch(scorer: nn.Module, batch, mask_kind: str) -> tuple[Tensor, Tenso
 
 
 class ModelReference:
-    """Reference log-probs from a model: a frozen copy, or the policy with LoRA disabled."""
+    """Reference log-probs from a model: a frozen copy, or the policy with LoRA disabled.
+
+    Always scored in eval mode, so the reference is a fixed function whatever the model's
+    dropout: ``adapter_disabled`` shares the policy, which is in train mode while it trains.
+    """
 
     def __init__(self, scorer: TokenScorer, adapter_disabled: bool):
         self.scorer = scorer
         self.adapter_disabled = adapter_disabled
 
+    @contextlib.contextmanager
     def _context(self):
-        return self.scorer.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext()
+        """Eval mode (and adapters off for ``adapter_disabled``) for one call; the mode is restored."""
+        was_training = self.scorer.training
+        self.scorer.eval()
+        try:
+            with self.scorer.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext():
+                yield
+        finally:
+            self.scorer.train(was_training)
 
     @torch.no_grad()
     def token_logps(self, batch, mask_kind: str) -> tuple[Tensor, Tensor]:
