@@ -48,7 +48,7 @@ class DataConfig:
     source: str = MISSING  # "examples" (built-in steers) | "jsonl" (steer JSONL at `path`) | "defacto"
     path: Optional[str] = None  # steer JSONL (source=jsonl) or DeFacto folder (source=defacto)
     eval_path: Optional[str] = None  # held-out steer JSONL; None: split `eval_fraction` off the train file
-    eval_fraction: float = 0.1  # share of steers held out when there is no separate eval set
+    eval_fraction: float = 0.1  # share of source records (trajectories, edited answers) held out whole, by seed 0
     n_train: Optional[int] = None  # cap on training steers (None: all)
     n_eval: Optional[int] = None  # cap on held-out steers (None: all)
     span: str = "hunk"  # what the span is: "hunk" | "continuation" | "completion" (see localpref.spans)

@@ -70,8 +70,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
-    """(train steers, held-out steers, load-time skip counts). The held-out split never depends on
-    the run's seed, so all runs of a seed sweep are evaluated on the same steers."""
+    """(train steers, held-out steers, load-time skip counts). A split of one file holds out whole
+    source records (``localpref.data.split``) and never depends on the run's seed, so all runs of
+    a seed sweep are evaluated on the same steers."""
     skipped: dict[str, int] = {}
     if cfg.source == "examples":
         from localpref.data.examples import example_steers
@@ -91,10 +92,10 @@ def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
         skipped.update(train.skipped)
         if cfg.eval_path is not None:
             held = load_steers(cfg.eval_path, on_error=cfg.on_error)
-        else:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
-            n_eval = max(1, round(cfg.eval_fraction * len(train)))
-            held, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
+        else:  # whole source records (trajectories, edited answers), by seed 0
+            from localpref.data.split import split_by_record
+
+            train, held = split_by_record(train, cfg.eval_fraction)
     return list(train)[:cfg.n_train], list(held)[:cfg.n_eval], skipped
 
 

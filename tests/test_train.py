@@ -248,6 +248,37 @@ def test_any_steer_jsonl_trains_with_a_held_out_fraction(tmp_path):
     assert (counts["data/train_pairs"], counts["data/eval_pairs"]) == (30, 10)
 
 
+def test_held_out_split_keeps_each_source_record_whole(tmp_path):
+    # Steps of one trajectory share their prompt and earlier text: one in training and another
+    # held out would leak. 10 three-step trajectories, eval_fraction=0.1: one whole trajectory.
+    from localpref.config import DataConfig
+    from localpref.data.load import write_steers
+    from localpref.data.schema import Steer
+    from localpref.train import load_data
+
+    def record(i: int) -> dict:
+        steps = [{"accepted": f"{k}, ", "rejected": f"x{k}, ", "corrected": f"y{k}, "} for k in range(3)]
+        return {"prompt": [{"role": "user", "content": f"Trajectory {i}"}], "id": f"t{i}", "steps": steps}
+
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text("".join(json.dumps(record(i)) + "\n" for i in range(10)))
+    train_steers, held, _ = load_data(DataConfig(source="jsonl", path=str(path), eval_fraction=0.1))
+    assert len(train_steers) == 27 and len(held) == 3
+    (trajectory,) = {s.id.split("/")[0] for s in held}
+    assert sorted(s.id for s in held) == [f"{trajectory}/step{k}" for k in range(3)]
+    assert not any(s.id.startswith(trajectory + "/") for s in train_steers)
+    # Hunks of one edited answer (`--hunks all`) stay together; steers without ids group by prompt.
+    steers = [Steer(prompt=f"p{i}", prefix="", rejected="a", corrected="b", id=f"e{i}/hunk{k}")
+              for i in range(5) for k in range(2)]
+    steers += [Steer(prompt=f"q{i}", prefix=f"{k}", rejected="a", corrected="b") for i in range(5) for k in range(2)]
+    write_steers(steers, tmp_path / "mixed.jsonl")
+    train_steers, held, _ = load_data(DataConfig(source="jsonl", path=str(tmp_path / "mixed.jsonl"),
+                                                 eval_fraction=0.2))
+    assert len(held) == 4 and len(train_steers) == 16  # 2 of the 10 records, whole
+    records = lambda ss: {s.id.split("/")[0] if s.id else s.prompt for s in ss}  # noqa: E731
+    assert len(records(held)) == 2 and not records(held) & records(train_steers)
+
+
 def test_defacto_trains_from_the_shared_folder(defacto_dir, tmp_path):
     rows = run(tmp_path / "run", "data=defacto", f"data.path={defacto_dir}")
     assert rows[0]["data/train_pairs"] == 16 and rows[0]["data/span/chosen_tokens"] > 0

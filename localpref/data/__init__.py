@@ -8,6 +8,7 @@ transformers import) and each submodule can be read on its own:
     tokenize_steer, tokenize_steers,        tokenize.py  render, tokenize, find the span
     TokenizedSteer
     example_steers                          examples.py  built-in deterministic steers
+    split_by_record                         split.py     held-out split by source record
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _EXPORTS = {
     "tokenize_steers": "tokenize",
     "TokenizedSteer": "tokenize",
     "example_steers": "examples",
+    "split_by_record": "split",
 }
 
 __all__ = sorted(_EXPORTS)
