@@ -320,6 +320,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
                 sums[name] = sums.get(name, 0) + value.float()
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm is not None
                      else torch.tensor(float("nan")))
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (scheduler.step() sets the next one)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -330,7 +331,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         totals = all_reduce_sum(torch.stack([sums[n] for n in names]), procs).tolist()
         row = {f"train/{n}": v / (count.item() if n == "loss" else global_batch)
                for n, v in zip(names, totals)}
-        row.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
+        row.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
         if state.step % cfg.logger.log_every == 0:
             logger.log_metrics(state.step, row)
         progress.update(row)

@@ -68,6 +68,16 @@ def test_first_step_preference_loss_is_log_two(tmp_path):
     assert first["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_logged_lr_is_the_lr_each_step_used(tmp_path):
+    # Linear warmup over 2 steps to 1e-4, then linear decay to 0 at step 4 (make_optimizer's factor):
+    # steps 1..4 use 1e-4 x (1/2, 2/2, 1 - 0/2, 1 - 1/2).
+    rows = run(tmp_path, "trainer.warmup_steps=2", "trainer.lr=1e-4", "trainer.schedule=linear",
+               "trainer.max_steps=4")
+    logged = [(r["step"], r["train/lr"]) for r in rows if "train/lr" in r]
+    assert logged == [(1, pytest.approx(5e-5)), (2, pytest.approx(1e-4)), (3, pytest.approx(1e-4)),
+                      (4, pytest.approx(5e-5))]
+
+
 def test_localized_training_learns_the_corrections(tmp_path):
     # 40 steps at a high lr on 16 steers: the span reward margin on the training pairs must grow
     # and the loss fall below log 2 (a tiny random model can memorize 16 one-token edits).
