@@ -102,14 +102,16 @@ def span_stats(examples: list) -> dict[str, float]:
 
 
 def log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n: int) -> None:
-    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL)."""
-    by_id = {s.id: s for s in steers}
+    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL).
+
+    ``tokenized`` comes from ``tokenize_steers(steers, ...)``: each one names its steer by
+    position (``source_index``), since ids may be missing or repeated.
+    """
     rows = []
     for ex in tokenized[:n]:
-        span_c = [i for i, m in zip(ex.chosen_ids, ex.chosen_span_mask) if m]
-        span_r = [i for i, m in zip(ex.rejected_ids, ex.rejected_span_mask) if m]
-        steer = by_id.get(ex.id)
-        rows.append([ex.id, str(steer.prompt) if steer else "", steer.prefix if steer else "",
+        span_c, span_r = ex.span_ids()
+        steer = steers[ex.source_index]
+        rows.append([ex.id, str(steer.prompt), steer.prefix,
                      tokenizer.decode(span_r), tokenizer.decode(span_c), len(span_r), len(span_c)])
     if rows:
         logger.log_table("examples", ["id", "prompt", "prefix", "rejected_span", "corrected_span",

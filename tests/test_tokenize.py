@@ -263,6 +263,7 @@ def test_tokenize_steers_policy_and_batching_match_single(smollm2_tokenizer):
     assert [t.id for t in out] == ["g0", "g1", "g2", "g3"]
     assert dict(skipped) == {"identical_continuations": 1, "prefix_continuation": 1, "span_too_long": 1}
     assert out == [tokenize_steer(s, tok, span="continuation", max_length=40) for s in good]
+    assert [t.source_index for t in out] == [1, 2, 4, 6]  # positions in `steers`, past the skipped ones
     with pytest.raises(SteerError):
         tokenize_steers(steers, tok, on_error="raise")
 

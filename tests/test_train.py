@@ -247,6 +247,22 @@ def test_wandb_offline_needs_no_network(tmp_path, monkeypatch):
     assert len(table) == 4 and "corrected_span" in json.loads(table[0])
 
 
+def test_examples_table_pairs_each_span_with_its_own_steer(tmp_path):
+    # Steers without ids (all `None`) must not collapse onto one steer's prompt in the table.
+    from localpref.data.load import write_steers
+    from localpref.data.schema import Steer
+
+    steers = [Steer(prompt=f"Prompt number {i}:", prefix=" the answer is", rejected=" x", corrected=f" {i}")
+              for i in range(10)]
+    write_steers(steers, tmp_path / "steers.jsonl")
+    run(tmp_path / "run", "data=jsonl", f"data.path={tmp_path / 'steers.jsonl'}", "logger.example_table=3",
+        "trainer.micro_batch_size=1", "trainer.max_steps=1")
+    table = [json.loads(line) for line in (tmp_path / "run" / "examples.jsonl").read_text().splitlines()]
+    assert len(table) == 3
+    for row in table:
+        assert row["prompt"] == f"Prompt number {row['corrected_span'].strip()}:"
+
+
 def test_any_steer_jsonl_trains_with_a_held_out_fraction(tmp_path):
     from localpref.data.examples import example_steers
     from localpref.data.load import write_steers

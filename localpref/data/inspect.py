@@ -91,7 +91,7 @@ def inspect_steers(source: Any, tokenizer: Any, *, span: str = "hunk", max_lengt
                    context_after: int = 0, on_error: OnError = "skip") -> tuple[SteerList, list, InspectStats]:
     """Load, tokenize and summarize a steer file (or dataset): ``(steers, tokenized, stats)``.
 
-    ``tokenized`` is aligned with the steers that tokenized (each carries its steer's ``id``);
+    ``tokenized`` holds the steers that tokenized (each names its steer by ``source_index``);
     under ``on_error="skip"`` bad steers are counted in ``stats`` by reason.
     """
     from localpref.data.tokenize import tokenize_steers

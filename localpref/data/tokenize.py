@@ -64,7 +64,7 @@ no competing token at the divergence), ``divergence_in_prompt`` and ``span_at_st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from localpref.data.errors import OnError, SkipCounter, SteerError
@@ -94,6 +94,9 @@ class TokenizedSteer:
     prompt_len: int  # index of the first assistant-completion token (after truncation)
     id: str | None = None
     truncated_left: int = 0  # tokens dropped after the BOS to fit max_length (same on both sides)
+    # Position of the source steer in the list given to tokenize_steers (which can skip steers);
+    # ids need not be unique or present, so this is how a tokenized steer finds its steer.
+    source_index: int | None = field(default=None, compare=False)
 
     def span_ids(self) -> tuple[list[int], list[int]]:
         """The trained-on token ids ``(chosen, rejected)``, for inspection and logging."""
@@ -312,27 +315,32 @@ def tokenize_steers(steers: Iterable[Steer], tokenizer: Any, *, span: str = "hun
                     on_error: OnError = "raise") -> tuple[list[TokenizedSteer], SkipCounter]:
     """``tokenize_steer`` over many steers, with one batched tokenizer call per 512 steers.
 
-    Returns the tokenized steers (in input order, bad ones left out under ``on_error="skip"``)
-    and a fresh ``SkipCounter`` of the steers skipped here, by reason (load-time skips are
-    counted separately by ``load_steers``).
+    Returns the tokenized steers (in input order, bad ones left out under ``on_error="skip"``,
+    each with ``source_index``: its steer's position in ``steers``) and a fresh ``SkipCounter``
+    of the steers skipped here, by reason (load-time skips are counted separately by
+    ``load_steers``).
     """
     _check_args(span, max_length)
     r = _Renderer(tokenizer)
     skipped = SkipCounter()
     rendered: list[tuple[Steer, tuple[str, str, str]]] = []
-    for steer in steers:
+    index: list[int] = []  # position in `steers` of each rendered steer
+    for i, steer in enumerate(steers):
         try:
             rendered.append((steer, r.texts(steer)))
+            index.append(i)
         except SteerError as err:
             skipped.handle(_located(err, steer), on_error)
     out: list[TokenizedSteer] = []
     for lo in range(0, len(rendered), _ENCODE_BATCH):
         batch = rendered[lo:lo + _ENCODE_BATCH]
-        for (steer, _), enc in zip(batch, r.encode(batch)):
+        for (steer, _), enc, i in zip(batch, r.encode(batch), index[lo:lo + _ENCODE_BATCH]):
             try:
-                out.append(_build(steer, enc, span=span, max_length=max_length,
-                                  context_after=context_after, min_match=min_match,
-                                  bos_token_id=tokenizer.bos_token_id))
+                ts = _build(steer, enc, span=span, max_length=max_length, context_after=context_after,
+                            min_match=min_match, bos_token_id=tokenizer.bos_token_id)
             except SteerError as err:
                 skipped.handle(_located(err, steer), on_error)
+                continue
+            ts.source_index = i
+            out.append(ts)
     return out, skipped
