@@ -53,6 +53,7 @@ class DataConfig:
     n_eval: Optional[int] = None  # cap on held-out steers (None: all)
     span: str = "hunk"  # what the span is: "hunk" | "continuation" | "completion" (see localpref.spans)
     context_after: int = 0  # extra tokens after the hunk kept in the span
+    min_match: int = 1  # equal tokens in a row that end a hunk; shorter equal runs join it (localpref.spans)
     max_length: Optional[int] = 512  # longer: cut the tail after the span, then the left (README); no fit: on_error
     on_error: str = "skip"  # bad steers: "raise" (stop with file/line/field) | "skip" (count and log)
 
@@ -182,6 +183,9 @@ def validate(cfg: TrainConfig) -> None:
             raise FileNotFoundError(f"data.path={cfg.data.path}: {need} does not exist")
     if cfg.data.eval_path is not None and not Path(cfg.data.eval_path).is_file():
         raise FileNotFoundError(f"data.eval_path={cfg.data.eval_path} does not exist")
+    if cfg.data.min_match < 1 or cfg.data.context_after < 0:
+        raise ValueError(f"data.min_match={cfg.data.min_match} must be >= 1 and "
+                         f"data.context_after={cfg.data.context_after} >= 0")
     if not 0.0 < cfg.data.eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":

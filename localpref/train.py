@@ -237,7 +237,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     model.to(procs.device)
     train_steers, eval_steers, load_skipped = load_data(cfg.data)
     tok = dict(span=cfg.data.span, max_length=cfg.data.max_length, context_after=cfg.data.context_after,
-               on_error=cfg.data.on_error)
+               min_match=cfg.data.min_match, on_error=cfg.data.on_error)
     from localpref.data.tokenize import tokenize_steers
 
     train_set, train_skipped = tokenize_steers(train_steers, tokenizer, **tok)

@@ -78,6 +78,19 @@ def test_inspect_counts_token_level_skips(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 2
 
 
+def test_inspect_min_match_joins_short_equal_runs(tmp_path, capsys):
+    path = tmp_path / "steers.jsonl"
+    path.write_text(json.dumps({"prompt": "Q:", "rejected": " The cat sat on the mat", "corrected": " A dog sat by the mat"}) + "\n")
+    assert main(["data", "inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "chosen span: 2 tokens" in shown and "[' A', ' dog']" in shown  # the first differing region
+    assert main(["data", "inspect", str(path), "--min-match", "2"]) == 0
+    shown = capsys.readouterr().out
+    # " sat" (one equal token) no longer ends the hunk; " the mat" (two) does
+    assert "chosen span: 4 tokens" in shown and "[' A', ' dog', ' sat', ' by']" in shown
+    assert main(["data", "inspect", str(path), "--min-match", "0"]) == 2
+
+
 def test_from_trl_needs_explicit_completions(tmp_path, capsys):
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps({"prompt": "Q?", "chosen": " yes", "rejected": " no"}) + "\n")

@@ -141,7 +141,7 @@ def test_bad_steers_raise(bpe_tokenizer, smollm2_tokenizer):
 
 
 @pytest.mark.parametrize("prompt, rejected, corrected", [
-    (CHAT, "b", "\n\nb"),  # "assistant\n" + "\n\n" -> one "\n\n" token, on the chosen side only
+    (CHAT, "b", "\n\nb"),  # "assistant\n" + "\n\nb" -> "\n\n", "\n", "b": a merge on the chosen side only
     ("Answer: ", "yes", " yes"),  # the prompt's trailing space merges with "yes" on one side only
 ])
 def test_divergence_inside_the_prompt_is_reported(smollm2_tokenizer, prompt, rejected, corrected):
@@ -153,6 +153,9 @@ def test_divergence_inside_the_prompt_is_reported(smollm2_tokenizer, prompt, rej
     ts = tokenize_steer(Steer(prompt=prompt, prefix="\n\n" if isinstance(prompt, list) else " ",
                               rejected="41", corrected="42"), tok)
     assert ts.prompt_len < ts.prefix_len
+    if isinstance(prompt, list):  # a single leading "\n" stays a token of its own: no merge
+        single = tokenize_steer(Steer(prompt=prompt, prefix="", rejected="b", corrected="\nb"), tok)
+        assert single.prefix_len == single.prompt_len  # they differ at the first completion token
 
 
 def test_truncation_drops_prompt_from_the_left_and_keeps_bos(bpe_tokenizer):

@@ -263,6 +263,20 @@ def test_examples_table_pairs_each_span_with_its_own_steer(tmp_path):
         assert row["prompt"] == f"Prompt number {row['corrected_span'].strip()}:"
 
 
+def test_data_min_match_reaches_tokenization(tmp_path):
+    # Two differences separated by one equal token (" sat"): min_match=2 joins them into one hunk
+    # of 4 tokens per side (" A dog sat by"), where the default stops after " A dog".
+    from localpref.data.load import write_steers
+    from localpref.data.schema import Steer
+
+    steers = [Steer(prompt=f"Q{i}:", prefix="", rejected=" The cat sat on the mat", corrected=" A dog sat by the mat")
+              for i in range(20)]
+    write_steers(steers, tmp_path / "steers.jsonl")
+    rows = run(tmp_path / "run", "data=jsonl", f"data.path={tmp_path / 'steers.jsonl'}", "data.min_match=2",
+               "trainer.max_steps=1")
+    assert rows[0]["data/span/chosen_tokens"] == 4 and rows[0]["data/span/rejected_tokens"] == 4
+
+
 def test_any_steer_jsonl_trains_with_a_held_out_fraction(tmp_path):
     from localpref.data.examples import example_steers
     from localpref.data.load import write_steers

@@ -88,7 +88,8 @@ def collect_stats(steers: SteerList, tokenized: list, tokenize_skipped: SkipCoun
 
 
 def inspect_steers(source: Any, tokenizer: Any, *, span: str = "hunk", max_length: int | None = None,
-                   context_after: int = 0, on_error: OnError = "skip") -> tuple[SteerList, list, InspectStats]:
+                   context_after: int = 0, min_match: int = 1,
+                   on_error: OnError = "skip") -> tuple[SteerList, list, InspectStats]:
     """Load, tokenize and summarize a steer file (or dataset): ``(steers, tokenized, stats)``.
 
     ``tokenized`` holds the steers that tokenized (each names its steer by ``source_index``);
@@ -98,7 +99,7 @@ def inspect_steers(source: Any, tokenizer: Any, *, span: str = "hunk", max_lengt
 
     steers = load_steers(source, on_error=on_error)
     tokenized, skipped = tokenize_steers(steers, tokenizer, span=span, max_length=max_length,
-                                         context_after=context_after, on_error=on_error)
+                                         context_after=context_after, min_match=min_match, on_error=on_error)
     return steers, tokenized, collect_stats(steers, tokenized, skipped)
 
 
@@ -168,7 +169,7 @@ def render_stats(console: Any, stats: InspectStats) -> None:
 
 
 def inspect_file(path: str | os.PathLike, tokenizer: Any, *, span: str = "hunk", max_length: int | None = None,
-                 context_after: int = 0, limit: int = 5, on_error: OnError = "skip",
+                 context_after: int = 0, min_match: int = 1, limit: int = 5, on_error: OnError = "skip",
                  console: Any = None) -> InspectStats:
     """Render the first ``limit`` steers of a file and its statistics; returns the statistics."""
     from rich.console import Console
@@ -176,14 +177,15 @@ def inspect_file(path: str | os.PathLike, tokenizer: Any, *, span: str = "hunk",
 
     console = console or Console()
     steers, tokenized, stats = inspect_steers(path, tokenizer, span=span, max_length=max_length,
-                                              context_after=context_after, on_error=on_error)
+                                              context_after=context_after, min_match=min_match, on_error=on_error)
     # The shown steers are tokenized again one by one, so a skipped one shows why it was skipped.
     from localpref.data.errors import SteerError
     from localpref.data.tokenize import tokenize_steer
 
     for steer in steers[:limit]:
         try:
-            ts = tokenize_steer(steer, tokenizer, span=span, max_length=max_length, context_after=context_after)
+            ts = tokenize_steer(steer, tokenizer, span=span, max_length=max_length, context_after=context_after,
+                                min_match=min_match)
         except SteerError as e:
             console.rule(f"steer {steer.id!r}")
             console.print(Text(f"skipped: {e}", style="bold red"))

@@ -30,8 +30,9 @@ Positions (all indices into a side's ids; the spans themselves come from ``local
   "hunk" and "continuation" modes both spans start there; in "completion" mode they start at
   ``prompt_len`` and ``prefix_len`` still marks the divergence.
 * The two sides can tokenize the END OF THE PROMPT differently: with SmolLM2, a chat prompt
-  ending in "assistant\\n" followed by a continuation starting "\\n" merges into one "\\n\\n"
-  token on that side only; a plain prompt "Answer: " does the same with " yes" vs "yes".
+  ending in "assistant\\n" followed by a continuation starting "\\n\\n" merges the prompt's
+  newline and the first of those into one "\\n\\n" token on that side only (a single "\\n"
+  stays a token of its own); a plain prompt "Answer: " does the same with " yes" vs "yes".
   The competing token is then prompt text on one side, which the model never chose, so such
   a steer raises ``SteerError("divergence_in_prompt")``. Otherwise ``prompt_len <= prefix_len``
   and every masked token covers completion text.
