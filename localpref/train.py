@@ -2,7 +2,7 @@
 
     localpref train loss=localized                      # or python -m localpref.train ...
     localpref train -m loss=sft,dpo,localized seed=0,1  # a sweep (Hydra multirun)
-    torchrun --nproc-per-node 2 -m localpref.train ...   # data parallel (gloo on CPU, NCCL on GPU)
+    torchrun --nproc-per-node 2 -m localpref.train ...   # DDP or FSDP2 (localpref.distributed)
 
 Read top to bottom: ``train`` sets up (config, processes, model, data, reference, optimizer,
 resume), then each optimizer step takes one global batch, counts its pairs (or tokens, for SFT)
@@ -15,8 +15,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from localpref.checkpoint import TrainState, export_pretrained, latest_checkpoint, load_checkpoint, save_checkpoint
 from localpref.collate import collate_padded
 from localpref.config import DataConfig, LossConfig, TrainConfig, validate
+from localpref.distributed import (all_reduce_sum, gather_full_state_dict, gathered_root, init_processes,
+                                   no_grad_sync, wrap_for_processes)
 from localpref.evaluate import evaluate, load_hook
 from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
@@ -39,26 +40,6 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # ------------------------------------------------------------------------------------------------
 # Set-up helpers
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Processes:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-
-def init_processes(device: str) -> Processes:
-    """One process, or one of several launched by torchrun (RANK/WORLD_SIZE/LOCAL_RANK set)."""
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if "RANK" not in os.environ:
-        return Processes(device=torch.device("cuda" if cuda else "cpu"))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(local)
-    return Processes(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -114,60 +95,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.O
                 "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[cfg.schedule]
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def wrap_for_processes(scorer: TokenScorer, procs: Processes, strategy: str) -> torch.nn.Module:
-    """DDP, or FSDP2 (shards every decoder layer, then the rest at the root), when there are
-    several processes; both run on CPU (gloo) and GPU (NCCL)."""
-    if procs.world == 1:
-        return scorer
-    if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(scorer, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
-    # FSDP2's gradient reduce-scatter also averages over processes, so the loop's world-size
-    # scaling holds for it too. fully_shard changes `scorer` in place (and returns it): the
-    # adapter_disabled reference, which shares it, goes through the same root.
-    from torch.distributed.fsdp import fully_shard
-
-    for module in scorer.modules():
-        if type(module).__name__.endswith("DecoderLayer"):
-            fully_shard(module)
-    return fully_shard(scorer)
-
-
-@contextmanager
-def gathered_root(policy: torch.nn.Module):
-    """The FSDP2 root's own weights (embedding, norm, lm_head) gathered for code that calls the
-    model without the root's forward (generation); decoder layers gather in their own hooks."""
-    policy.unshard()
-    try:
-        yield
-    finally:
-        policy.reshard()
-
-
-def _gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU state dict of an FSDP2 model (a collective: every process calls it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def no_grad_sync(policy: torch.nn.Module, sync: bool):
-    """Skip the gradient reduction on all but the last micro-batch of a step (DDP / FSDP2)."""
-    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2: a flag, set for every micro-batch
-        policy.set_requires_gradient_sync(sync)
-        return nullcontext()
-    if not sync and hasattr(policy, "no_sync"):
-        return policy.no_sync()
-    return nullcontext()
-
-
-def all_reduce_sum(x: torch.Tensor, procs: Processes) -> torch.Tensor:
-    if procs.world > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,7 +275,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     after = run_eval(state.step)
     if t.export:
-        full = _gather_full_state_dict(model) if sharded else None  # a collective: all ranks take part
+        full = gather_full_state_dict(model) if sharded else None  # a collective: all ranks take part
         if procs.rank == 0:
             export_pretrained(model, tokenizer, run_dir / "export", merge_lora=cfg.peft.merge_on_export,
                               state_dict=full)
