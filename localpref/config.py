@@ -110,7 +110,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2  # older checkpoints are deleted
     resume: bool = True  # continue from the run directory's latest checkpoint when there is one
     export: bool = True  # write an HF save_pretrained folder to <run_dir>/export at the end
-    progress: bool = True  # rich progress bar with live loss and rewards
+    progress: bool = True  # show progress: a bar on a terminal, plain lines in a log (not a TTY)
+    progress_every: float = 30.0  # without a terminal: seconds between plain progress lines
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from localpref.collate import collate_padded
+from localpref.log import Progress
 from localpref.reference import score_batch
 
 
@@ -78,8 +79,9 @@ def _drift_kl(scorer, reference, batch) -> Tensor | None:
 
 @torch.no_grad()
 def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: int,
-             device: torch.device) -> dict[str, float]:
-    """Held-out metrics (module docstring) of the policy in ``scorer`` against ``reference``."""
+             device: torch.device, progress: Progress | None = None) -> dict[str, float]:
+    """Held-out metrics (module docstring) of the policy in ``scorer`` against ``reference``;
+    ``progress`` advances by the pairs of each batch."""
     if not examples:
         return {}
     was_training = scorer.training
@@ -98,6 +100,8 @@ def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: 
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value)
         pairs += batch.num_pairs
+        if progress is not None:
+            progress.update(advance=batch.num_pairs)
         span_tokens += int(batch.masks("span")[0].sum())
         completion_tokens += int(batch.masks("completion")[0].sum())
     scorer.train(was_training)

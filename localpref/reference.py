@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,6 +34,9 @@ from torch import Tensor, nn
 from localpref.collate import collate_padded
 from localpref.logprobs import token_logps, token_logps_from_hidden
 from localpref.models import cache_root
+
+if TYPE_CHECKING:
+    from localpref.log import Progress
 
 
 # Config fields that change the logits after ``lm_head`` (soft-capping, scaling, muP multipliers) in
@@ -269,8 +272,9 @@ class PrecomputedReference:
     @classmethod
     @torch.no_grad()
     def build(cls, reference: ModelReference, examples: Sequence, pad_id: int, *, batch_size: int,
-              device: torch.device) -> tuple["PrecomputedReference", Path]:
-        """Load the cached table for (model, weights, precision, examples) or compute and store it atomically."""
+              device: torch.device, progress: Progress | None = None) -> tuple["PrecomputedReference", Path]:
+        """Load the cached table for (model, weights, precision, examples) or compute and store it
+        atomically; ``progress`` (a ``localpref.log.Progress``) advances by the pairs scored."""
         key = _fingerprint(reference.scorer, examples)
         folder = cache_root() / "reflogps" / key
         if (folder / "logps.safetensors").exists():
@@ -288,6 +292,8 @@ class PrecomputedReference:
             for row, i in enumerate(idx):
                 table[f"chosen/{i}"] = chosen[row][stored[0][row]].cpu().contiguous()
                 table[f"rejected/{i}"] = rejected[row][stored[1][row]].cpu().contiguous()
+            if progress is not None:
+                progress.update(advance=len(idx))
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".tmp-{key}-{os.getpid()}")
         tmp.mkdir(exist_ok=True)

@@ -179,6 +179,11 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     log_examples(logger, train_steers, train_set, tokenizer, cfg.logger.example_table)
     pad_id = tokenizer.pad_token_id
 
+    def progress(label: str, total: int, unit: str, done: int = 0) -> Progress:
+        """A bar on a terminal, plain lines every trainer.progress_every seconds in a log; rank 0."""
+        return Progress(label, total, unit=unit, done=done, enabled=t.progress and procs.rank == 0,
+                        every_s=t.progress_every)
+
     # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
     # come from the LoRA base (adapters off) or from a temporary frozen copy.
     scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
@@ -189,8 +194,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     train_ref = eval_ref = model_ref
     if cfg.reference.kind == "precomputed":
         build = dict(batch_size=cfg.reference.batch_size, device=procs.device)  # keyed in reference.py
-        train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build)
-        eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build)
+        with progress("reference", len(train_set), "pairs") as bar:
+            train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build, progress=bar)
+        with progress("reference", len(eval_set), "pairs") as bar:
+            eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build, progress=bar)
         data_stats["data/reference_cache"] = str(cache)
         del model_ref  # the frozen copy (if any) is freed; with LoRA it was the policy itself
 
@@ -207,7 +214,9 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         logger.log_metrics(0, data_stats)
 
     def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size, device=procs.device)
+        with progress("eval", len(eval_set), "pairs") as bar:
+            metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size,
+                               device=procs.device, progress=bar)
         # Under FSDP every process generates (the shards are gathered in step) with the root's
         # own weights gathered for the whole call; rank 0 logs.
         if cfg.generation_eval is not None and (procs.rank == 0 or sharded):
@@ -221,7 +230,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         return metrics
 
     before = run_eval(0) if state.step == 0 else _logged_eval(run_dir, step=0)
-    progress = Progress(t.max_steps, state.step, enabled=t.progress and procs.rank == 0)
+    bar = progress("train", t.max_steps, "steps", done=state.step)
     policy.train()
     while state.step < t.max_steps:
         # 1. This step's global batch: a slice of this epoch's permutation; each process takes every
@@ -261,7 +270,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         row.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
         if state.step % cfg.logger.log_every == 0:
             logger.log_metrics(state.step, row)
-        progress.update(row)
+        bar.update(loss=row["train/loss"], **{short: row[k] for k, short in (
+            ("train/rewards/margins", "margin"), ("train/rewards/accuracies", "acc")) if k in row})
         if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
             run_eval(state.step)
         checkpoint_now = (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps
@@ -271,7 +281,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
                                 sharded=sharded)
             if procs.world > 1:
                 dist.barrier()
-    progress.close()
+    bar.close()
 
     after = run_eval(state.step)
     if t.export:
