@@ -210,9 +210,8 @@ def _first_scored(prompt_len: int) -> int:
     return max(prompt_len, 1)
 
 
-def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, context_after: int,
-           min_match: int, bos_token_id: int | None) -> TokenizedSteer:
-    """Spans, masks and truncation for one encoded steer."""
+def _divergence(steer: Steer, enc: _Encoded) -> int:
+    """``prefix_len``, the divergence, once the steer has competing tokens a logit can score."""
     chosen, rejected = enc.chosen, enc.rejected
     if chosen == rejected:
         raise SteerError("identical_continuations",
@@ -236,6 +235,14 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
                          f"steer {steer.id!r}: the two sides differ at their first token, which no "
                          f"logit predicts (the tokenizer adds no BOS and the first token merges "
                          f"prompt and completion text); lengthen the prompt", field="prompt")
+    return prefix_len
+
+
+def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, context_after: int,
+           min_match: int, bos_token_id: int | None) -> TokenizedSteer:
+    """Spans, masks and truncation for one encoded steer."""
+    chosen, rejected = enc.chosen, enc.rejected
+    prefix_len = _divergence(steer, enc)
     # equal on both sides here: they share all tokens before the divergence, offsets included
     prompt_len = enc.chosen_completion_start
     (c_start, c_end), (r_start, r_end) = span_bounds(
