@@ -122,12 +122,12 @@ def log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n:
 class Progress:
     """Progress of one long loop: a rich bar on a terminal, plain periodic lines in a log.
 
-    ``Progress("train", total=50, unit="steps")``, then ``update(advance=1, loss=0.61, ...)``
+    ``Progress(50, label="train", unit="steps")``, then ``update(advance=1, loss=0.61, ...)``
     per step (keyword fields are shown beside the count) and ``close()``, or use it as a
     context manager. Written to ``stream`` (stdout): when that is a terminal, a bar (nested
     ones, e.g. an evaluation inside training, share one live display); otherwise (a log file,
-    CI, a SLURM job) one plain line at the first update, then at most one every ``every_s``
-    seconds, and one at the end::
+    CI, a SLURM job) one plain line at the first update, then at most one every
+    ``every_seconds`` seconds, and one at the end::
 
         train 12/50 steps  loss 0.61  3.2 s/step  eta 2m32s
 
@@ -135,10 +135,10 @@ class Progress:
     ``enabled=False`` prints nothing (other ranks, tests).
     """
 
-    def __init__(self, label: str, total: int, *, unit: str = "", done: int = 0, enabled: bool = True,
-                 every_s: float = 30.0, stream: Any = None):
+    def __init__(self, total: int, done: int = 0, *, label: str = "progress", unit: str = "",
+                 enabled: bool = True, every_seconds: float = 30.0, stream: Any = None):
         self.label, self.total, self.unit, self.done = label, total, unit, done
-        self.enabled, self.every_s = enabled, every_s
+        self.enabled, self.every_seconds = enabled, every_seconds
         self.stream = stream if stream is not None else sys.stdout
         self.start, self.start_done = time.monotonic(), done
         self.printed_at: float | None = None  # time of the last plain line
@@ -158,7 +158,7 @@ class Progress:
             _LiveBars.update(self)
             return
         now = time.monotonic()
-        if self.printed_at is None or now - self.printed_at >= self.every_s or self.done >= self.total:
+        if self.printed_at is None or now - self.printed_at >= self.every_seconds or self.done >= self.total:
             self._print_line(now)
 
     def line(self, now: float | None = None) -> str:

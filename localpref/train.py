@@ -181,8 +181,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     def progress(label: str, total: int, unit: str, done: int = 0) -> Progress:
         """A bar on a terminal, plain lines every trainer.progress_every seconds in a log; rank 0."""
-        return Progress(label, total, unit=unit, done=done, enabled=t.progress and procs.rank == 0,
-                        every_s=t.progress_every)
+        return Progress(total, done, label=label, unit=unit, enabled=t.progress and procs.rank == 0,
+                        every_seconds=t.progress_every)
 
     # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
     # come from the LoRA base (adapters off) or from a temporary frozen copy.

@@ -10,7 +10,7 @@ from localpref.log import Progress
 
 def test_progress_prints_plain_lines_without_a_terminal():
     out = io.StringIO()  # not a TTY, like stdout redirected to a file
-    with Progress("train", 4, unit="steps", done=1, every_s=0, stream=out) as progress:
+    with Progress(4, 1, label="train", unit="steps", every_seconds=0, stream=out) as progress:
         for loss in (0.69, 0.61, 0.5):
             progress.update(loss=loss, note="ok")
     lines = out.getvalue().splitlines()
@@ -23,13 +23,13 @@ def test_progress_prints_plain_lines_without_a_terminal():
 
 def test_progress_lines_are_periodic_and_can_be_off():
     out = io.StringIO()
-    with Progress("eval", 100, unit="pairs", every_s=3600, stream=out) as progress:
+    with Progress(100, label="eval", unit="pairs", every_seconds=3600, stream=out) as progress:
         for _ in range(25):
             progress.update(advance=4)
     # the first update and the end only: 3600 s never pass here
     assert [line.split("  ")[0] for line in out.getvalue().splitlines()] == ["eval 4/100 pairs", "eval 100/100 pairs"]
     quiet = io.StringIO()
-    with Progress("eval", 10, enabled=False, stream=quiet) as progress:
+    with Progress(10, label="eval", enabled=False, stream=quiet) as progress:
         progress.update(advance=10)
     assert quiet.getvalue() == ""
 
