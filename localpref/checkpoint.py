@@ -9,6 +9,11 @@ A checkpoint is a folder ``<run_dir>/checkpoints/step-<N>/`` holding
     rng.pt                  torch CPU (and CUDA) RNG states
     state.json              step, data position (epoch, index), Python's RNG state
 
+Under FSDP (``sharded=True``) ``trainable.safetensors`` and ``optimizer.pt`` are replaced by
+``sharded/``, a ``torch.distributed.checkpoint`` folder to which every process writes its own
+shards of the trainable parameters and of the optimizer state; it is read back into the same
+sharding (``checkpoint_weights`` reads it whole, without processes).
+
 It is written to ``.tmp-step-<N>`` and renamed into place, then ``latest`` (a text file naming the
 folder) is replaced atomically with ``os.replace``. A run killed at any moment therefore leaves
 either the previous checkpoint or the new one, never a half-written one.
@@ -40,17 +45,42 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    """The trainable parameters' and the optimizer's sharded (DTensor) state dicts, by FQN."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {"model": {n: t for n, t in model_state.items() if n in trainable}, "optimizer": optim_state}
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, state: TrainState, *, keep: int = 2) -> Path:
-    """Write a checkpoint of ``state.step`` atomically; delete all but the newest ``keep``."""
+                    scheduler, state: TrainState, *, keep: int = 2, sharded: bool = False) -> Path:
+    """Write a checkpoint of ``state.step`` atomically; delete all but the newest ``keep``.
+
+    Called by rank 0 only, or with ``sharded=True`` (FSDP) by every process: each writes its
+    shards, rank 0 the rest, and rank 0 renames the folder into place once all shards are written.
+    """
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if sharded else 0
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dist.barrier()  # the folder exists before any process writes into it
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp / "sharded")  # a collective
+        if rank != 0:
+            return final
+    else:
+        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -59,9 +89,10 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     py_state = random.getstate()
     (tmp / "state.json").write_text(json.dumps({**asdict(state), "python_rng": [py_state[0], list(py_state[1]),
                                                                                  py_state[2]]}))
-    for f in tmp.iterdir():  # data on disk before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # data on disk before the rename makes it visible
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     latest_tmp = root / ".latest.tmp"
@@ -83,10 +114,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG states in place; return the data position."""
-    path = Path(path)
+def _load_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -97,6 +125,33 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         for n, w in weights.items():
             params[n].copy_(w)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def _load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    state = _sharded_state(model, optimizer)  # the layout to read into: this process's shards
+    dcp.load(state, checkpoint_id=path / "sharded")  # in place; a collective
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))  # strict=False: frozen weights are not stored
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler, *, sharded: bool = False) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG states in place; return the data position.
+
+    ``sharded`` (FSDP: every process calls this) must match how the checkpoint was written.
+    """
+    path = Path(path)
+    if sharded != (path / "sharded").is_dir():
+        written, now = ("FSDP", "without") if (path / "sharded").is_dir() else ("without FSDP", "with")
+        raise ValueError(f"{path} was written {written} and cannot be resumed {now} it: "
+                         f"resume with the trainer.strategy (and process count) that wrote it")
+    if sharded:
+        _load_sharded(path, model, optimizer)
+    else:
+        _load_weights_and_optimizer(path, model, optimizer)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["cpu"])
@@ -106,6 +161,21 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     version, internal, gauss = raw.pop("python_rng")
     random.setstate((version, tuple(internal), gauss))
     return TrainState(**raw)
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The trainable weights stored in a checkpoint folder, as full CPU tensors by name (a
+    sharded one is read whole, in this process alone)."""
+    path = Path(path)
+    if not (path / "sharded").is_dir():
+        return load_file(str(path / "trainable.safetensors"))
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path / "sharded", Path(tmp) / "full.pt")
+        return torch.load(Path(tmp) / "full.pt", weights_only=True)["model"]
 
 
 def export_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, *, merge_lora: bool = True,
@@ -122,13 +192,13 @@ def export_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, *, merge
         from peft import PeftModel
     except ImportError:  # peft is a dependency; this only guards odd installs
         PeftModel = ()  # type: ignore[assignment]
+    if state_dict is not None and isinstance(model, PeftModel):
+        raise NotImplementedError("export of a sharded (FSDP) LoRA model is not supported; use DDP for LoRA")
     if isinstance(model, PeftModel) and merge_lora:
         import copy
 
         # Merge into a copy: the caller's model keeps its adapters (the run may continue).
         model = copy.deepcopy(model).merge_and_unload()
-    if state_dict is not None and isinstance(model, PeftModel):
-        raise NotImplementedError("export of a sharded (FSDP) LoRA model is not supported; use DDP for LoRA")
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)

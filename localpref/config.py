@@ -38,6 +38,7 @@ class ModelConfig:
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off: never execute code shipped with a model folder
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
+    disable_dropout: bool = True  # zero the model's dropout probabilities, as TRL does (LoRA's: peft.dropout)
     # Sizes of the tiny model (source=tiny only); vocab = len(tokenizer).
     hidden_size: int = 32  # width of the tiny model
     num_layers: int = 2  # decoder layers of the tiny model
@@ -53,12 +54,13 @@ class DataConfig:
     form: str = "steers"  # source=collected: "steers" (each correction) | "rewrites" (whole answers)
     cost_budget: Optional[int] = None  # source=collected: characters of annotation to use (None: all)
     eval_path: Optional[str] = None  # held-out steer JSONL; None: split `eval_fraction` off the train file
-    eval_fraction: float = 0.1  # share of steers held out when there is no separate eval set
+    eval_fraction: float = 0.1  # share of source records (trajectories, edited answers) held out whole, by seed 0
     n_train: Optional[int] = None  # cap on training steers (None: all)
     n_eval: Optional[int] = None  # cap on held-out steers (None: all)
     span: str = "hunk"  # what the span is: "hunk" | "continuation" | "completion" (see localpref.spans)
     context_after: int = 0  # extra tokens after the hunk kept in the span
-    max_length: Optional[int] = 512  # longest tokenized sequence; longer steers are errors (see on_error)
+    min_match: int = 1  # equal tokens in a row that end a hunk; shorter equal runs join it (localpref.spans)
+    max_length: Optional[int] = 512  # longer: cut the tail after the span, then the left (README); no fit: on_error
     on_error: str = "skip"  # bad steers: "raise" (stop with file/line/field) | "skip" (count and log)
 
 
@@ -106,7 +108,7 @@ class TrainerConfig:
     precision: str = "fp32"  # autocast: "fp32" | "bf16"
     span_only_lm_head: bool = True  # project only scored rows through lm_head when exact (TokenScorer)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
-    strategy: str = "ddp"  # under torchrun: "ddp" | "fsdp" (GPU only)
+    strategy: str = "ddp"  # under torchrun: "ddp" | "fsdp" (FSDP2, sharded checkpoints); CPU (gloo) or GPU
     deterministic: bool = True  # torch.use_deterministic_algorithms; needed for exact resume
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
     eval_batch_size: int = 8  # pairs per evaluation forward
@@ -114,7 +116,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2  # older checkpoints are deleted
     resume: bool = True  # continue from the run directory's latest checkpoint when there is one
     export: bool = True  # write an HF save_pretrained folder to <run_dir>/export at the end
-    progress: bool = True  # rich progress bar with live loss and rewards
+    progress: bool = True  # show progress: a bar on a terminal, plain lines in a log (not a TTY)
+    progress_every: float = 30.0  # without a terminal: seconds between plain progress lines
 
 
 @dataclass
@@ -210,6 +213,9 @@ def validate(cfg: TrainConfig) -> None:
             raise FileNotFoundError(f"data.path={cfg.data.path}: {need} does not exist")
     if cfg.data.eval_path is not None and not Path(cfg.data.eval_path).is_file():
         raise FileNotFoundError(f"data.eval_path={cfg.data.eval_path} does not exist")
+    if cfg.data.min_match < 1 or cfg.data.context_after < 0:
+        raise ValueError(f"data.min_match={cfg.data.min_match} must be >= 1 and "
+                         f"data.context_after={cfg.data.context_after} >= 0")
     if not 0.0 < cfg.data.eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
@@ -218,11 +224,6 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
         if getattr(t, key) < 1:
             raise ValueError(f"trainer.{key}={getattr(t, key)} must be >= 1")
-    if t.strategy == "fsdp" and t.device == "cpu":
-        raise ValueError("trainer.strategy=fsdp needs GPUs; use ddp on CPU")
-    if t.strategy == "fsdp" and t.checkpoint_every:
-        # Sharded optimizer states are not saved yet: an FSDP run can be exported, not resumed.
-        raise ValueError("trainer.strategy=fsdp does not write checkpoints yet: set trainer.checkpoint_every=0")
 
 
 def register_configs() -> None:

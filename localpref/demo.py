@@ -31,7 +31,7 @@ STEER = [("eval/steer/pass_rate", "pass rate without steers"),
          ("eval/steer/steers_per_verified", "steers needed per verified output"),
          ("eval/steer/verified_within_budget", "verified within the budget")]
 SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) > log p(rejected)"),
-         ("eval/span/reward_accuracy", "reward accuracy: policy margin > reference margin"),
+         ("eval/span/reward_accuracy", "reward accuracy: policy margin > reference's (tie: 1/2)"),
          ("eval/span/nll", "NLL per token of the corrected span"),
          ("eval/drift/nll", "NLL per token of whole corrected completions (drift)"),
          ("eval/drift/kl", "KL(policy || reference) per completion token (drift)")]

@@ -4,7 +4,9 @@ Metrics (all under ``eval/``; sums over a mask are per pair, then averaged over 
 
     span/reward_accuracy  share of pairs whose policy log-ratio margin on the span beats the
                           reference's: (pi_c - pi_r) - (ref_c - ref_r) > 0, i.e. DPO's implicit
-                          reward ranks corrected above rejected
+                          reward ranks corrected above rejected; an exact tie counts 1/2, so
+                          before training (policy == reference, every pair a tie) it is 0.5
+    span/reward_ties      share of pairs whose margin is exactly 0 (all of them before training)
     span/logp_accuracy    share of pairs with log pi(corrected span) > log pi(rejected span)
     span/nll              NLL per token of the corrected span
     span/margin           mean of (pi_c - pi_r) - (ref_c - ref_r) on the span
@@ -14,6 +16,12 @@ Metrics (all under ``eval/``; sums over a mask are per pair, then averaged over 
 
 The span metrics always use the span masks, whatever the training loss, so SFT, DPO and the
 localized loss are compared on the same numbers.
+
+Policy and reference log-probs come through the same path: ``TokenScorer``'s forward scoring the
+completion tokens (the span lies inside the completion), exactly what ``reference=precomputed``
+caches. Otherwise at step 0 the margin would be the difference of two roundings (under bf16,
+full bf16 logits vs the fp32-accumulated span-only projection) rather than 0. Only the KL needs
+full logits, of the chosen rows.
 """
 
 from __future__ import annotations
@@ -26,19 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from localpref.collate import collate_padded
-from localpref.logprobs import token_logps
+from localpref.log import Progress
+from localpref.reference import score_batch
 
 
 def _seq(logps: Tensor, mask: Tensor) -> Tensor:
     """(b, t), (b, t) -> (b,) sum of the masked log-probs, fp32."""
     return (logps * mask).sum(-1)
-
-
-def _scored(logits: Tensor, batch) -> Tensor:
-    """(2b, t, v) logits -> (2b, t) log-probs of the span|completion tokens (0 elsewhere)."""
-    mask = torch.cat([s | c for s, c in zip(batch.masks("span"), batch.masks("completion"))])
-    ids = batch.labels()
-    return F.pad(token_logps(logits[:, :-1], ids[:, 1:], mask[:, 1:]), (1, 0))
 
 
 def _kl_sum(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
@@ -48,49 +50,60 @@ def _kl_sum(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
     return (p.exp() * (p - q)).sum()
 
 
+def _span_metrics(pol_c: Tensor, pol_r: Tensor, ref_c: Tensor, ref_r: Tensor, batch) -> dict[str, Tensor]:
+    """Sums over the batch's pairs of the span and drift/nll metrics; log-probs (b, t) each."""
+    span_c, span_r = batch.masks("span")
+    comp_c, _ = batch.masks("completion")
+    policy_margin = _seq(pol_c, span_c) - _seq(pol_r, span_r)  # (b,)
+    margin = policy_margin - (_seq(ref_c, span_c) - _seq(ref_r, span_r))  # (b,)
+    return {"span/reward_accuracy": (margin > 0).sum() + 0.5 * (margin == 0).sum(),
+            "span/reward_ties": (margin == 0).sum(),
+            "span/margin": margin.sum(),
+            "span/logp_accuracy": (policy_margin > 0).sum(),
+            "span/nll": -_seq(pol_c, span_c).sum(),
+            "drift/nll": -_seq(pol_c, comp_c).sum()}
+
+
+def _drift_kl(scorer, reference, batch) -> Tensor | None:
+    """() KL(pi || ref) summed over the chosen completions' positions, or None without reference logits."""
+    ref_logits = reference.logits(batch)  # (2b, t, v) or None
+    if ref_logits is None:
+        return None
+    b = batch.num_pairs
+    inputs = batch.chosen_inputs()
+    policy_logits = scorer.logits(inputs["input_ids"], inputs["attention_mask"])  # (b, t, v)
+    comp_c, _ = batch.masks("completion")
+    shifted = F.pad(comp_c[:, 1:], (0, 1))  # logits at i-1 predict the token at i
+    return _kl_sum(policy_logits, ref_logits[:b], shifted)
+
+
 @torch.no_grad()
 def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: int,
-             device: torch.device) -> dict[str, float]:
-    """Held-out metrics (module docstring) of the policy in ``scorer`` against ``reference``."""
+             device: torch.device, progress: Progress | None = None) -> dict[str, float]:
+    """Held-out metrics (module docstring) of the policy in ``scorer`` against ``reference``;
+    ``progress`` advances by the pairs of each batch."""
     if not examples:
         return {}
     was_training = scorer.training
     scorer.eval()
     sums: dict[str, float] = {}
     pairs = span_tokens = completion_tokens = 0
-
-    def add(key: str, value: Tensor) -> None:
-        sums[key] = sums.get(key, 0.0) + float(value)
-
     for start in range(0, len(examples), batch_size):
         idx = list(range(start, min(start + batch_size, len(examples))))
         batch = collate_padded([examples[i] for i in idx], idx, pad_id).to(device)
-        inputs = batch.model_inputs()
-        policy_logits = scorer.logits(inputs["input_ids"], inputs["attention_mask"])  # (2b, t, v)
-        pol_c, pol_r = batch.split(_scored(policy_logits, batch))
-        ref_logits = reference.logits(batch)
-        if ref_logits is not None:
-            ref_c, ref_r = batch.split(_scored(ref_logits, batch))
-        else:  # precomputed: the cache holds exactly the span|completion tokens
-            ref_c, ref_r = (s + c * ~sm for s, c, sm in zip(reference.token_logps(batch, "span"),
-                                                             reference.token_logps(batch, "completion"),
-                                                             batch.masks("span")))
-        span_c, span_r = batch.masks("span")
-        comp_c, _ = batch.masks("completion")
-        margin = (_seq(pol_c, span_c) - _seq(pol_r, span_r)) - (_seq(ref_c, span_c) - _seq(ref_r, span_r))  # (b,)
-        add("span/reward_accuracy", (margin > 0).sum())
-        add("span/margin", margin.sum())
-        add("span/logp_accuracy", (_seq(pol_c, span_c) > _seq(pol_r, span_r)).sum())
-        add("span/nll", -_seq(pol_c, span_c).sum())
-        add("drift/nll", -_seq(pol_c, comp_c).sum())
-        if ref_logits is not None:
-            # logits at i-1 predict the token at i: shift the mask left by one.
-            shifted = F.pad(comp_c[:, 1:], (0, 1))
-            b = batch.num_pairs
-            add("drift/kl", _kl_sum(policy_logits[:b], ref_logits[:b], shifted))
+        pol_c, pol_r = score_batch(scorer, batch, "completion")  # (b, t) each; the span is inside
+        ref_c, ref_r = reference.token_logps(batch, "completion")
+        metrics = _span_metrics(pol_c, pol_r, ref_c, ref_r, batch)
+        kl = _drift_kl(scorer, reference, batch)
+        if kl is not None:
+            metrics["drift/kl"] = kl
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
         pairs += batch.num_pairs
-        span_tokens += int(span_c.sum())
-        completion_tokens += int(comp_c.sum())
+        if progress is not None:
+            progress.update(advance=batch.num_pairs)
+        span_tokens += int(batch.masks("span")[0].sum())
+        completion_tokens += int(batch.masks("completion")[0].sum())
     scorer.train(was_training)
     per_token = {"span/nll": span_tokens, "drift/nll": completion_tokens, "drift/kl": completion_tokens}
     return {k: v / max(per_token.get(k, pairs), 1) for k, v in sums.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -102,14 +103,16 @@ def span_stats(examples: list) -> dict[str, float]:
 
 
 def log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n: int) -> None:
-    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL)."""
-    by_id = {s.id: s for s in steers}
+    """A table of the first ``n`` training steers with their decoded spans (wandb + JSONL).
+
+    ``tokenized`` comes from ``tokenize_steers(steers, ...)``: each one names its steer by
+    position (``source_index``), since ids may be missing or repeated.
+    """
     rows = []
     for ex in tokenized[:n]:
-        span_c = [i for i, m in zip(ex.chosen_ids, ex.chosen_span_mask) if m]
-        span_r = [i for i, m in zip(ex.rejected_ids, ex.rejected_span_mask) if m]
-        steer = by_id.get(ex.id)
-        rows.append([ex.id, str(steer.prompt) if steer else "", steer.prefix if steer else "",
+        span_c, span_r = ex.span_ids()
+        steer = steers[ex.source_index]
+        rows.append([ex.id, str(steer.prompt), steer.prefix,
                      tokenizer.decode(span_r), tokenizer.decode(span_c), len(span_r), len(span_c)])
     if rows:
         logger.log_table("examples", ["id", "prompt", "prefix", "rejected_span", "corrected_span",
@@ -117,52 +120,123 @@ def log_examples(logger: RunLogger, steers: list, tokenized: list, tokenizer, n:
 
 
 class Progress:
-    """Progress of long work: a rich bar on a terminal, plain periodic lines otherwise (logs, CI).
+    """Progress of one long loop: a rich bar on a terminal, plain periodic lines in a log.
 
-    ``update(advance=1, **fields)`` shows the numeric fields beside the count (``loss 0.61``);
-    ``update(row)`` with a training metrics row shows its loss, margin and accuracy.
+    ``Progress(50, label="train", unit="steps")``, then ``update(advance=1, loss=0.61, ...)``
+    per step (keyword fields are shown beside the count) and ``close()``, or use it as a
+    context manager. Written to ``stream`` (stdout): when that is a terminal, a bar (nested
+    ones, e.g. an evaluation inside training, share one live display); otherwise (a log file,
+    CI, a SLURM job) one plain line at the first update, then at most one every
+    ``every_seconds`` seconds, and one at the end::
+
+        train 12/50 steps  loss 0.61  3.2 s/step  eta 2m32s
+
+    ``done`` counts units finished before (a resumed run); the rate counts only this run's.
+    ``enabled=False`` prints nothing (other ranks, tests).
     """
 
-    _TRAIN_KEYS = {"train/loss": "loss", "train/rewards/margins": "margin", "train/rewards/accuracies": "acc"}
+    def __init__(self, total: int, done: int = 0, *, label: str = "progress", unit: str = "",
+                 enabled: bool = True, every_seconds: float = 30.0, stream: Any = None):
+        self.label, self.total, self.unit, self.done = label, total, unit, done
+        self.enabled, self.every_seconds = enabled, every_seconds
+        self.stream = stream if stream is not None else sys.stdout
+        self.start, self.start_done = time.monotonic(), done
+        self.printed_at: float | None = None  # time of the last plain line
+        self.printed_done = done
+        self.fields: dict[str, Any] = {}
+        self.task = None
+        if enabled and self.stream.isatty():
+            self.task = _LiveBars.add(self)
 
-    def __init__(self, total: int, done: int = 0, *, label: str = "train", enabled: bool = True,
-                 every_seconds: float = 30.0):
-        import sys
-
-        self.total, self.done, self.label = total, done, label
-        self.enabled, self.every = enabled, every_seconds
-        self.start = self.last = time.time()
-        self.first = done
-        self.bar = None
-        if enabled and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-
-            self.bar = Bar(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           TextColumn("{task.description}"))
-            self.bar.start()
-            self.task = self.bar.add_task("", total=total, completed=done)
-
-    def update(self, row: dict[str, float] | None = None, advance: int = 1, **fields: float) -> None:
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        """``advance`` more units done; ``fields`` (numbers or text) are shown until replaced."""
+        self.done += advance
+        self.fields.update(fields)
         if not self.enabled:
             return
-        if row is not None:
-            fields = {short: row[k] for k, short in self._TRAIN_KEYS.items() if k in row}
-        self.done += advance
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-        if self.bar is not None:
-            self.bar.update(self.task, advance=advance, description=text)
+        if self.task is not None:
+            _LiveBars.update(self)
             return
-        now = time.time()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            rate = (now - self.start) / max(1, self.done - self.first)
-            eta = rate * (self.total - self.done)
-            print(f"{self.label} {self.done}/{self.total}  {text}  {rate:.3g} s/it  eta {eta / 60:.1f} min",
-                  flush=True)
+        now = time.monotonic()
+        if self.printed_at is None or now - self.printed_at >= self.every_seconds or self.done >= self.total:
+            self._print_line(now)
+
+    def line(self, now: float | None = None) -> str:
+        """The plain progress line for now."""
+        now = time.monotonic() if now is None else now
+        parts = [f"{self.label} {self.done}/{self.total}" + (f" {self.unit}" if self.unit else "")]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items()]
+        ran = self.done - self.start_done
+        if ran > 0:
+            per_unit = (now - self.start) / ran
+            one = self.unit[:-1] if self.unit.endswith("s") else (self.unit or "unit")
+            parts.append(f"{per_unit:.1f} s/{one}" if per_unit >= 1 else f"{1 / per_unit:.1f} {self.unit or 'units'}/s")
+            parts.append("done" if self.done >= self.total else f"eta {_duration(per_unit * (self.total - self.done))}")
+        return "  ".join(parts)
+
+    def _print_line(self, now: float) -> None:
+        print(self.line(now), file=self.stream, flush=True)
+        self.printed_at, self.printed_done = now, self.done
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        """End the bar, or print the final line if the last one printed is out of date."""
+        if self.task is not None:
+            _LiveBars.remove(self)
+            self.task = None
+        elif self.enabled and self.done != self.printed_done:
+            self._print_line(time.monotonic())
+        self.enabled = False
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``1h07m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class _LiveBars:
+    """The one rich live display that terminal ``Progress`` bars share (rich allows one at a time)."""
+
+    display = None  # rich.progress.Progress while any bar is open
+    open = 0
+
+    @classmethod
+    def add(cls, p: Progress):
+        if cls.display is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            cls.display = RichProgress(TextColumn("{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                                       TextColumn("{task.fields[unit]}"), TimeRemainingColumn(),
+                                       TextColumn("{task.description}"), console=Console(file=p.stream))
+            cls.display.start()
+        cls.open += 1
+        return cls.display.add_task("", total=p.total, completed=p.done, label=p.label, unit=p.unit)
+
+    @classmethod
+    def update(cls, p: Progress) -> None:
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.fields.items())
+        cls.display.update(p.task, completed=p.done, description=text)
+
+    @classmethod
+    def remove(cls, p: Progress) -> None:
+        cls.open -= 1
+        if cls.open == 0:  # the last one: stop, leaving the finished bars on screen
+            cls.display.stop()
+            cls.display = None
+        else:  # a nested bar (an evaluation inside training) goes away when done
+            cls.display.remove_task(p.task)
 
 
 def summary_table(before: dict[str, float], after: dict[str, float], run_dir: Path) -> None:

@@ -117,6 +117,24 @@ def check_model_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def disable_dropout(model) -> None:
+    """Set every dropout probability in ``model`` to 0, in place.
+
+    Covers ``nn.Dropout`` modules (all TRL's ``disable_dropout_in_model`` touches) and float
+    attributes named ``*dropout*`` that modules read at each forward instead, e.g. Llama's
+    ``attention_dropout``, handed to the attention kernel in train mode. The config is left
+    as it was, so an exported model keeps the dropout it was given.
+    """
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
 def build_model(model_cfg, peft_cfg, *, seed: int):
     """(model, tokenizer) from the ``model`` and ``peft`` config groups (see localpref.config).
 
@@ -153,6 +171,8 @@ def build_model(model_cfg, peft_cfg, *, seed: int):
         tokenizer.pad_token = tokenizer.eos_token
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if model_cfg.disable_dropout:  # before LoRA goes in: its own dropout is peft.dropout
+        disable_dropout(model)
     if peft_cfg.kind == "lora":
         from peft import LoraConfig, get_peft_model
 

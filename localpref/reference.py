@@ -7,8 +7,10 @@ causal LM and returns per-token log-probs aligned with the input positions. Refe
 * ``adapter_disabled``  the LoRA policy with its adapters switched off (no second copy);
 * ``precomputed``       per-token log-probs of the span and completion tokens, computed once by
                         one of the above and cached on disk under
-                        ``cache_root()/reflogps/<hash>``, keyed by the model's weights and the
-                        tokenized data, so all runs of a sweep over one model and data share it.
+                        ``cache_root()/reflogps/<hash>``, keyed by the model's config,
+                        attention implementation, dtypes and weights, the scoring precision
+                        and lm_head path, and the tokenized data, so all runs of a sweep over
+                        one model and data share it.
 
 All return ``(ref_chosen_logps (b, t), ref_rejected_logps (b, t))`` in the batch's layout.
 """
@@ -18,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,6 +34,9 @@ from torch import Tensor, nn
 from localpref.collate import collate_padded
 from localpref.logprobs import token_logps, token_logps_from_hidden
 from localpref.models import cache_root
+
+if TYPE_CHECKING:
+    from localpref.log import Progress
 
 
 # Config fields that change the logits after ``lm_head`` (soft-capping, scaling, muP multipliers) in
@@ -89,6 +95,9 @@ class TokenScorer(nn.Module):
     forward(input_ids (r, t), attention_mask (r, t), score_mask (r, t)) -> (r, t) float32, where
     out[:, i] = log p(input_ids[:, i] | input_ids[:, :i]) if score_mask[:, i] else 0. The shift is
     here and only here: logits[:, i-1] score ids[:, i]; position 0 has no logits and scores 0.
+    Without a ``score_mask`` it returns the raw (r, t, v) logits (``logits()``): every use of the
+    model goes through this module's ``__call__``, so a wrapper's hooks run (FSDP2 gathers the
+    root's sharded embedding, norm and lm_head there).
 
     Span-only path (``self.span_only``, chosen once here): the loss needs one number per scored
     token, so run the backbone, keep the hidden states of the scored positions only and project
@@ -111,12 +120,17 @@ class TokenScorer(nn.Module):
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(r, t, v) raw logits (model dtype; autocast to bf16 when precision=bf16)."""
+        return self(input_ids, attention_mask)
+
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         with self._autocast(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor | None = None) -> Tensor:
+        if score_mask is None:
+            return self._logits(input_ids, attention_mask)  # (r, t, v)
         if not self.span_only:
-            logits = self.logits(input_ids, attention_mask)  # (r, t, v)
+            logits = self._logits(input_ids, attention_mask)  # (r, t, v)
             scored = token_logps(logits[:, :-1], input_ids[:, 1:], score_mask[:, 1:])  # (r, t-1) fp32
             return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
         # Looked up per call rather than stored: registering them again as submodules would
@@ -148,14 +162,26 @@ def score_batch(scorer: nn.Module, batch, mask_kind: str) -> tuple[Tensor, Tenso
 
 
 class ModelReference:
-    """Reference log-probs from a model: a frozen copy, or the policy with LoRA disabled."""
+    """Reference log-probs from a model: a frozen copy, or the policy with LoRA disabled.
+
+    Always scored in eval mode, so the reference is a fixed function whatever the model's
+    dropout: ``adapter_disabled`` shares the policy, which is in train mode while it trains.
+    """
 
     def __init__(self, scorer: TokenScorer, adapter_disabled: bool):
         self.scorer = scorer
         self.adapter_disabled = adapter_disabled
 
+    @contextlib.contextmanager
     def _context(self):
-        return self.scorer.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext()
+        """Eval mode (and adapters off for ``adapter_disabled``) for one call; the mode is restored."""
+        was_training = self.scorer.training
+        self.scorer.eval()
+        try:
+            with self.scorer.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext():
+                yield
+        finally:
+            self.scorer.train(was_training)
 
     @torch.no_grad()
     def token_logps(self, batch, mask_kind: str) -> tuple[Tensor, Tensor]:
@@ -170,23 +196,42 @@ class ModelReference:
             return self.scorer.logits(inputs["input_ids"], inputs["attention_mask"])
 
 
-def make_model_reference(kind: str, policy_model: nn.Module, precision: str,
-                         span_only: bool = True) -> ModelReference:
-    """A ``copy`` or ``adapter_disabled`` reference of the policy as it is now (before training)."""
+def make_model_reference(kind: str, policy: TokenScorer) -> ModelReference:
+    """A ``copy`` or ``adapter_disabled`` reference of the policy as it is now (before training).
+
+    ``adapter_disabled`` scores through the policy's own ``TokenScorer`` (so through its FSDP
+    root once it is sharded in place); ``copy`` through a frozen copy with the same precision
+    and lm_head path.
+    """
     if kind == "copy":
-        frozen = copy.deepcopy(policy_model).eval()
+        frozen = copy.deepcopy(policy.model).eval()
         frozen.requires_grad_(False)
-        return ModelReference(TokenScorer(frozen, precision, span_only), adapter_disabled=False)
+        return ModelReference(TokenScorer(frozen, policy.precision, policy.span_only), adapter_disabled=False)
     if kind == "adapter_disabled":
-        if not hasattr(policy_model, "disable_adapter"):
+        if not hasattr(policy.model, "disable_adapter"):
             raise ValueError("reference=adapter_disabled needs peft=lora (the policy has no adapters)")
-        return ModelReference(TokenScorer(policy_model, precision, span_only), adapter_disabled=True)
+        return ModelReference(policy, adapter_disabled=True)
     raise ValueError(f"no model reference of kind {kind!r}")
 
 
-def _fingerprint(model: nn.Module, examples: Sequence, extra: str) -> str:
-    """sha256 of the model's weights, the tokenized pairs (ids and masks) and ``extra``."""
-    h = hashlib.sha256(extra.encode())
+def _computation(scorer: TokenScorer) -> str:
+    """What decides the reference's log-probs besides weights and data, as canonical JSON: the
+    model's config (architecture, heads, RoPE, norms: equal weights can compute different
+    things), its attention implementation (not in the config's dict), its parameter dtypes
+    (weights are hashed as fp32), and the scorer's autocast precision and lm_head path."""
+    model = scorer.model
+    config = model.config.to_dict()
+    config.pop("_name_or_path", None)  # where the model was read from, not what it computes
+    return json.dumps({"config": config, "attn_implementation": getattr(model.config, "_attn_implementation", None),
+                       "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+                       "precision": scorer.precision, "span_only": scorer.span_only}, sort_keys=True, default=str)
+
+
+def _fingerprint(scorer: TokenScorer, examples: Sequence) -> str:
+    """sha256 of how the scorer computes (``_computation``), the model's weights and the
+    tokenized pairs (ids and masks): the precomputed cache's key."""
+    model = scorer.model
+    h = hashlib.sha256(_computation(scorer).encode())
     for name, t in sorted(model.state_dict().items()):
         if "lora_" in name:  # adapters are off in the reference; their (random) init must not matter
             continue
@@ -227,9 +272,10 @@ class PrecomputedReference:
     @classmethod
     @torch.no_grad()
     def build(cls, reference: ModelReference, examples: Sequence, pad_id: int, *, batch_size: int,
-              device: torch.device, tag: str) -> tuple["PrecomputedReference", Path]:
-        """Load the cached table for (model weights, examples) or compute and store it atomically."""
-        key = _fingerprint(reference.scorer.model, examples, tag)
+              device: torch.device, progress: Progress | None = None) -> tuple["PrecomputedReference", Path]:
+        """Load the cached table for (model, weights, precision, examples) or compute and store it
+        atomically; ``progress`` (a ``localpref.log.Progress``) advances by the pairs scored."""
+        key = _fingerprint(reference.scorer, examples)
         folder = cache_root() / "reflogps" / key
         if (folder / "logps.safetensors").exists():
             return cls(load_file(str(folder / "logps.safetensors"))), folder
@@ -246,6 +292,8 @@ class PrecomputedReference:
             for row, i in enumerate(idx):
                 table[f"chosen/{i}"] = chosen[row][stored[0][row]].cpu().contiguous()
                 table[f"rejected/{i}"] = rejected[row][stored[1][row]].cpu().contiguous()
+            if progress is not None:
+                progress.update(advance=len(idx))
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".tmp-{key}-{os.getpid()}")
         tmp.mkdir(exist_ok=True)

@@ -160,7 +160,8 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
     todo = [t for t in tasks if t.id not in done]
     was_training = model.training
     model.eval()
-    progress = Progress(len(tasks), len(tasks) - len(todo), label=progress_label, enabled=show_progress)
+    progress = Progress(len(tasks), len(tasks) - len(todo), label=progress_label, unit="prompts",
+                        enabled=show_progress)
     verified = sum(bool(done[t.id]["verified"]) for t in tasks if t.id in done)
     try:
         for task in todo:

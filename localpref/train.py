@@ -2,7 +2,7 @@
 
     localpref train loss=localized                      # or python -m localpref.train ...
     localpref train -m loss=sft,dpo,localized seed=0,1  # a sweep (Hydra multirun)
-    torchrun --nproc-per-node 2 -m localpref.train ...   # data parallel (gloo on CPU, NCCL on GPU)
+    torchrun --nproc-per-node 2 -m localpref.train ...   # DDP or FSDP2 (localpref.distributed)
 
 Read top to bottom: ``train`` sets up (config, processes, model, data, reference, optimizer,
 resume), then each optimizer step takes one global batch, counts its pairs (or tokens, for SFT)
@@ -16,7 +16,6 @@ import math
 import os
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from localpref.checkpoint import TrainState, export_pretrained, latest_checkpoint, load_checkpoint, save_checkpoint
 from localpref.collate import collate_padded
 from localpref.config import DataConfig, LossConfig, TrainConfig, validate
+from localpref.distributed import (all_reduce_sum, gather_full_state_dict, gathered_root, init_processes,
+                                   no_grad_sync, wrap_for_processes)
 from localpref.evaluate import evaluate, load_hook
 from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
@@ -41,26 +42,6 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Processes:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-
-def init_processes(device: str) -> Processes:
-    """One process, or one of several launched by torchrun (RANK/WORLD_SIZE/LOCAL_RANK set)."""
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if "RANK" not in os.environ:
-        return Processes(device=torch.device("cuda" if cuda else "cpu"))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(local)
-    return Processes(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu"))
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -71,8 +52,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
     """(train steers, held-out steers, load-time counts: ``skipped/<reason>``, ``collected/<what>``).
-    The held-out split never depends on the run's seed, so all runs of a seed sweep are evaluated
-    on the same steers."""
+    A split of one file holds out whole source records (``localpref.data.split``) and never depends
+    on the run's seed, so all runs of a seed sweep are evaluated on the same steers."""
     skipped: dict[str, int] = {}
     if cfg.source == "examples":
         from localpref.data.examples import example_steers
@@ -101,10 +82,10 @@ def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
         skipped.update(train.skipped)
         if cfg.eval_path is not None:
             held = load_steers(cfg.eval_path, on_error=cfg.on_error)
-        else:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
-            n_eval = max(1, round(cfg.eval_fraction * len(train)))
-            held, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
+        else:  # whole source records (trajectories, edited answers), by seed 0
+            from localpref.data.split import split_by_record
+
+            train, held = split_by_record(train, cfg.eval_fraction)
     counts = {f"skipped/{k}": v for k, v in skipped.items()}
     if cfg.source == "collected":
         counts.update({f"collected/{k}": v for k, v in taken.items()})
@@ -126,49 +107,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.O
                 "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[cfg.schedule]
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def wrap_for_processes(scorer: TokenScorer, procs: Processes, strategy: str) -> torch.nn.Module:
-    """DDP (CPU or GPU) or FSDP2 (GPU; shards every decoder layer) when there are several processes."""
-    if procs.world == 1:
-        return scorer
-    if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(scorer, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
-    # FSDP2 is not exercised by the CPU test suite (it needs GPUs). Its gradient reduction also
-    # averages over processes, so the loop's world-size scaling below holds for it too.
-    from torch.distributed.fsdp import fully_shard
-
-    for module in scorer.modules():
-        if type(module).__name__.endswith("DecoderLayer"):
-            fully_shard(module)
-    return fully_shard(scorer)
-
-
-def _gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU state dict of an FSDP2 model (GPU only; not exercised by the CPU tests)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def no_grad_sync(policy: torch.nn.Module, sync: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP / FSDP2)."""
-    if sync:
-        return nullcontext()
-    if hasattr(policy, "no_sync"):
-        return policy.no_sync()
-    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2
-        policy.set_requires_gradient_sync(False)
-        return nullcontext()
-    return nullcontext()
-
-
-def all_reduce_sum(x: torch.Tensor, procs: Processes) -> torch.Tensor:
-    if procs.world > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,6 +159,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     validate(cfg)
     t = cfg.trainer
     procs = init_processes(t.device)
+    sharded = procs.world > 1 and t.strategy == "fsdp"
+    if sharded and t.export and cfg.peft.kind == "lora":  # found now, not after training
+        raise ValueError("exporting an FSDP-sharded LoRA model is not supported: set trainer.export=false "
+                         "(sharded checkpoints are still written) or use trainer.strategy=ddp")
     seed_everything(cfg.seed, t.deterministic)
     run_dir = Path(cfg.run_dir or _hydra_output_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +176,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     model.to(procs.device)
     train_steers, eval_steers, load_counts = load_data(cfg.data)
     tok = dict(span=cfg.data.span, max_length=cfg.data.max_length, context_after=cfg.data.context_after,
-               on_error=cfg.data.on_error)
+               min_match=cfg.data.min_match, on_error=cfg.data.on_error)
     from localpref.data.tokenize import tokenize_steers
 
     train_set, train_skipped = tokenize_steers(train_steers, tokenizer, **tok)
@@ -250,50 +192,62 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     log_examples(logger, train_steers, train_set, tokenizer, cfg.logger.example_table)
     pad_id = tokenizer.pad_token_id
 
+    def progress(label: str, total: int, unit: str, done: int = 0) -> Progress:
+        """A bar on a terminal, plain lines every trainer.progress_every seconds in a log; rank 0."""
+        return Progress(total, done, label=label, unit=unit, enabled=t.progress and procs.rank == 0,
+                        every_seconds=t.progress_every)
+
     # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
     # come from the LoRA base (adapters off) or from a temporary frozen copy.
+    scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
     source = cfg.reference.kind
     if source == "precomputed":
         source = "adapter_disabled" if cfg.peft.kind == "lora" else "copy"
-    model_ref = make_model_reference(source, model, t.precision, t.span_only_lm_head)
+    model_ref = make_model_reference(source, scorer)
     train_ref = eval_ref = model_ref
     if cfg.reference.kind == "precomputed":
-        tag = f"{cfg.data.span}|{cfg.data.max_length}|{t.precision}|{t.span_only_lm_head}"
-        build = dict(batch_size=cfg.reference.batch_size, device=procs.device, tag=tag)
-        train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build)
-        eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build)
+        build = dict(batch_size=cfg.reference.batch_size, device=procs.device)  # keyed in reference.py
+        with progress("reference", len(train_set), "pairs") as bar:
+            train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build, progress=bar)
+        with progress("reference", len(eval_set), "pairs") as bar:
+            eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build, progress=bar)
         data_stats["data/reference_cache"] = str(cache)
         del model_ref  # the frozen copy (if any) is freed; with LoRA it was the policy itself
 
-    scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
-    policy = wrap_for_processes(scorer, procs, t.strategy)
-    sharded = procs.world > 1 and t.strategy == "fsdp"
+    policy = wrap_for_processes(scorer, procs, t.strategy)  # FSDP2 shards `scorer` in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, t)
     state = TrainState()
     checkpoint = latest_checkpoint(run_dir) if t.resume else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, sharded=sharded)
         logger.truncate_after(state.step)  # steps logged after the checkpoint will be redone
         print(f"resumed from {checkpoint} at step {state.step}")
     else:
         logger.log_metrics(0, data_stats)
 
     def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size, device=procs.device)
-        if cfg.steer_eval.family is not None and procs.rank == 0 and (step > 0 or cfg.steer_eval.before):
-            metrics.update(steer_metrics(model, tokenizer, cfg.steer_eval, run_dir, final=step == t.max_steps))
-        if cfg.generation_eval is not None and procs.rank == 0:
+        with progress("eval", len(eval_set), "pairs") as bar:
+            metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size,
+                               device=procs.device, progress=bar)
+        if cfg.steer_eval.family is not None and (step > 0 or cfg.steer_eval.before) and (procs.rank == 0 or sharded):
+            with gathered_root(policy) if sharded else nullcontext():
+                metrics.update(steer_metrics(model, tokenizer, cfg.steer_eval, run_dir, final=step == t.max_steps,
+                                             rank0=procs.rank == 0, show_progress=t.progress))
+        # Under FSDP every process generates (the shards are gathered in step) with the root's
+        # own weights gathered for the whole call; rank 0 logs.
+        if cfg.generation_eval is not None and (procs.rank == 0 or sharded):
             hook, was_training = load_hook(cfg.generation_eval), model.training
             model.eval()
-            metrics.update({f"generation/{k}": v for k, v in hook(model, tokenizer, eval_steers, cfg).items()})
+            with gathered_root(policy) if sharded else nullcontext():
+                metrics.update({f"generation/{k}": v for k, v in hook(model, tokenizer, eval_steers, cfg).items()})
             model.train(was_training)
         metrics = {f"eval/{k}": v for k, v in metrics.items()}
         logger.log_metrics(step, metrics)
         return metrics
 
     before = run_eval(0) if state.step == 0 else _logged_eval(run_dir, step=0)
-    progress = Progress(t.max_steps, state.step, enabled=t.progress and procs.rank == 0)
+    bar = progress("train", t.max_steps, "steps", done=state.step)
     policy.train()
     while state.step < t.max_steps:
         # 1. This step's global batch: a slice of this epoch's permutation; each process takes every
@@ -319,6 +273,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
                 sums[name] = sums.get(name, 0) + value.float()
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm is not None
                      else torch.tensor(float("nan")))
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (scheduler.step() sets the next one)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -329,23 +284,25 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         totals = all_reduce_sum(torch.stack([sums[n] for n in names]), procs).tolist()
         row = {f"train/{n}": v / (count.item() if n == "loss" else global_batch)
                for n, v in zip(names, totals)}
-        row.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
+        row.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/epoch": state.epoch})
         if state.step % cfg.logger.log_every == 0:
             logger.log_metrics(state.step, row)
-        progress.update(row)
+        bar.update(loss=row["train/loss"], **{short: row[k] for k, short in (
+            ("train/rewards/margins", "margin"), ("train/rewards/accuracies", "acc")) if k in row})
         if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
             run_eval(state.step)
         checkpoint_now = (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps
-        if checkpoint_now and not sharded:  # FSDP runs are not checkpointed (see config.validate)
-            if procs.rank == 0:
-                save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
+        if checkpoint_now:
+            if procs.rank == 0 or sharded:  # FSDP: every process writes its shards
+                save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=t.keep_checkpoints,
+                                sharded=sharded)
             if procs.world > 1:
                 dist.barrier()
-    progress.close()
+    bar.close()
 
     after = run_eval(state.step)
     if t.export:
-        full = _gather_full_state_dict(model) if sharded else None  # a collective: all ranks take part
+        full = gather_full_state_dict(model) if sharded else None  # a collective: all ranks take part
         if procs.rank == 0:
             export_pretrained(model, tokenizer, run_dir / "export", merge_lora=cfg.peft.merge_on_export,
                               state_dict=full)
@@ -357,19 +314,20 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     return after
 
 
-def steer_metrics(model, tokenizer, cfg, run_dir: Path, *, final: bool) -> dict[str, float]:
-    """``steer/...`` metrics of greedy steering on ``cfg.family`` (``localpref.steering``); the final
-    evaluation's trajectories are kept in ``cfg.out`` (default ``run_dir/steer_eval.jsonl``)."""
+def steer_metrics(model, tokenizer, cfg, run_dir: Path, *, final: bool, rank0: bool = True,
+                  show_progress: bool = True) -> dict[str, float]:
+    """``steer/...`` metrics of greedy steering on ``cfg.family`` (``localpref.steering``); rank 0
+    keeps the final evaluation's trajectories in ``cfg.out`` (default ``run_dir/steer_eval.jsonl``)."""
     from localpref.steering import flat_metrics, run_tasks, summarize_by
     from localpref.tasks import get_family
 
     family = get_family(cfg.family)
-    out = (Path(cfg.out) if cfg.out else run_dir / "steer_eval.jsonl") if final else None
+    out = (Path(cfg.out) if cfg.out else run_dir / "steer_eval.jsonl") if final and rank0 else None
     if out is not None and out.exists():
         out.unlink()  # a resumed run re-evaluates the final model from scratch
     records = run_tasks(model, tokenizer, family, family.tasks(cfg.split, n=cfg.n, seed=cfg.task_seed), out=out,
                         budget=cfg.budget, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
-                        progress_label=f"steer eval {cfg.family}/{cfg.split}")
+                        progress_label=f"steer eval {cfg.family}/{cfg.split}", show_progress=show_progress and rank0)
     metrics = {}
     for group, summary in summarize_by(records).items():
         prefix = "steer/" if group == "all" else f"steer/{group.split('=')[-1]}/"

@@ -64,16 +64,31 @@ def test_inspect_counts_token_level_skips(tmp_path, capsys):
     long_prompt = [{"role": "user", "content": "word " * 200}]
     rows = [{"prompt": long_prompt, "prefix": "", "rejected": "no " * 100, "corrected": "yes " * 100, "id": "long"},
             {"prompt": [{"role": "user", "content": "Hi"}], "rejected": " a", "corrected": " b", "id": "ok"},
-            {"prompt": "p", "rejected": "x", "corrected": "x", "id": "same"}]
+            {"prompt": "p", "rejected": "x", "corrected": "x", "id": "same"},
+            {"prompt": long_prompt, "rejected": " a", "corrected": " b", "id": "cut"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["data", "inspect", str(path), "--span", "continuation", "--max-length", "64"]) == 0
     shown = capsys.readouterr().out
     assert "skipped while loading: 1" in shown and "'identical_continuations': 1" in shown
     assert "skipped while tokenizing: 1" in shown and "'span_too_long': 1" in shown
-    assert "tokenized: 1" in shown and "[span_too_long]" in shown  # the shown steer says why
+    assert "tokenized: 2" in shown and "[span_too_long]" in shown  # the shown steer says why
+    assert "truncated from the left (context lost) to fit max_length: 1" in shown
     assert main(["data", "inspect", str(path), "--on-error", "raise"]) == 1
     assert "identical_continuations" in capsys.readouterr().err
     assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_inspect_min_match_joins_short_equal_runs(tmp_path, capsys):
+    path = tmp_path / "steers.jsonl"
+    path.write_text(json.dumps({"prompt": "Q:", "rejected": " The cat sat on the mat", "corrected": " A dog sat by the mat"}) + "\n")
+    assert main(["data", "inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "chosen span: 2 tokens" in shown and "[' A', ' dog']" in shown  # the first differing region
+    assert main(["data", "inspect", str(path), "--min-match", "2"]) == 0
+    shown = capsys.readouterr().out
+    # " sat" (one equal token) no longer ends the hunk; " the mat" (two) does
+    assert "chosen span: 4 tokens" in shown and "[' A', ' dog', ' sat', ' by']" in shown
+    assert main(["data", "inspect", str(path), "--min-match", "0"]) == 2
 
 
 def test_from_trl_needs_explicit_completions(tmp_path, capsys):

@@ -229,3 +229,53 @@ def test_span_only_peak_memory_is_far_below_full_logits():
     assert peaks[False] >= 2 * logits_bytes  # the full path: logits and their gradient
     assert peaks[True] < peaks[False] / 2
     assert peaks[True] < logits_bytes  # never a single (r, t, v) fp32 tensor
+
+
+def _pair_batch(v: int = 256):
+    """A PaddedPairBatch of 2 pairs (rows from ``inputs``), the random mask as span and completion."""
+    from localpref.collate import PaddedPairBatch
+
+    ids, attention_mask, score_mask = inputs(v=v)
+    score_mask[:, 0] = False
+    return PaddedPairBatch(ids, attention_mask, score_mask, score_mask, torch.arange(2))
+
+
+def test_reference_is_deterministic_whatever_the_dropout():
+    # Attention dropout in the model, LoRA on top, the policy in train mode as in the loop: the
+    # adapter_disabled reference shares that model, yet must be a fixed function (eval mode).
+    from peft import LoraConfig, get_peft_model
+
+    from localpref.reference import make_model_reference
+
+    model = get_peft_model(tiny_model(attention_dropout=0.1), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    policy = TokenScorer(model).train()
+    batch = _pair_batch()
+    torch.manual_seed(0)
+    train_mode = [policy(*batch.model_inputs().values(), batch.span_mask).detach() for _ in range(2)]
+    assert not torch.equal(*train_mode)  # the dropout is real: the policy in train mode is random
+    for kind in ("adapter_disabled", "copy"):
+        reference = make_model_reference(kind, policy)
+        calls = [torch.cat(reference.token_logps(batch, "span")) for _ in range(3)]
+        assert torch.equal(calls[0], calls[1]) and torch.equal(calls[0], calls[2]), kind
+        assert calls[0].abs().sum() > 0 and reference.logits(batch).shape[-1] == 256
+        assert policy.training and model.training  # the policy's mode is restored
+
+
+def test_disable_dropout_zeroes_the_models_dropout(tmp_path):
+    # model.disable_dropout (on by default, as in TRL): a model folder whose config asks for
+    # dropout trains without it; LoRA's own dropout stays what peft.dropout says.
+    from localpref.config import ModelConfig, PeftConfig
+    from localpref.models import build_model
+
+    tiny_model(attention_dropout=0.1).save_pretrained(tmp_path)
+    batch = _pair_batch()
+    for disable in (True, False):
+        model, _ = build_model(ModelConfig(source="local", path=str(tmp_path), tokenizer="smollm2",
+                                           disable_dropout=disable),
+                               PeftConfig(kind="lora", dropout=0.2, target_modules=["q_proj"]), seed=0)
+        lora_dropouts = [m.p for n, m in model.named_modules() if n.endswith("lora_dropout.default")]
+        assert lora_dropouts == [0.2, 0.2]  # one per layer's q_proj, as peft.dropout says
+        policy = TokenScorer(model).train()
+        # LoRA's B starts at 0, so its dropout cannot move the outputs: only the model's can.
+        twice = [policy(*batch.model_inputs().values(), batch.span_mask).detach() for _ in range(2)]
+        assert torch.equal(*twice) is disable

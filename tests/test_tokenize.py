@@ -141,7 +141,7 @@ def test_bad_steers_raise(bpe_tokenizer, smollm2_tokenizer):
 
 
 @pytest.mark.parametrize("prompt, rejected, corrected", [
-    (CHAT, "b", "\n\nb"),  # "assistant\n" + "\n\n" -> one "\n\n" token, on the chosen side only
+    (CHAT, "b", "\n\nb"),  # "assistant\n" + "\n\nb" -> "\n\n", "\n", "b": a merge on the chosen side only
     ("Answer: ", "yes", " yes"),  # the prompt's trailing space merges with "yes" on one side only
 ])
 def test_divergence_inside_the_prompt_is_reported(smollm2_tokenizer, prompt, rejected, corrected):
@@ -153,16 +153,20 @@ def test_divergence_inside_the_prompt_is_reported(smollm2_tokenizer, prompt, rej
     ts = tokenize_steer(Steer(prompt=prompt, prefix="\n\n" if isinstance(prompt, list) else " ",
                               rejected="41", corrected="42"), tok)
     assert ts.prompt_len < ts.prefix_len
+    if isinstance(prompt, list):  # a single leading "\n" stays a token of its own: no merge
+        single = tokenize_steer(Steer(prompt=prompt, prefix="", rejected="b", corrected="\nb"), tok)
+        assert single.prefix_len == single.prompt_len  # they differ at the first completion token
 
 
 def test_truncation_drops_prompt_from_the_left_and_keeps_bos(bpe_tokenizer):
     tok = bpe_tokenizer
     steer = Steer(prompt="the cat sat on the mat. " * 6, prefix="for exam",
                   rejected="ple, the end!", corrected="ination of the dog.")
-    full = tokenize_steer(steer, tok)
+    # "continuation": the spans run to the end of each side, so there is no tail to cut first
+    full = tokenize_steer(steer, tok, span="continuation")
     over = max(len(full.chosen_ids), len(full.rejected_ids)) - 20
     assert 0 < over < full.prompt_len - 1  # only prompt tokens need to go
-    ts = tokenize_steer(steer, tok, max_length=20)
+    ts = tokenize_steer(steer, tok, span="continuation", max_length=20)
     assert ts.truncated_left == over
     assert max(len(ts.chosen_ids), len(ts.rejected_ids)) == 20
     assert ts.chosen_ids[0] == tok.bos_token_id  # BOS kept, the next `over` tokens dropped
@@ -178,20 +182,76 @@ def test_truncation_cuts_tail_after_hunk_then_raises(smollm2_tokenizer):
     steer = Steer(prompt="Q:", prefix=" The answer is", rejected=" 41" + tail, corrected=" 42" + tail)
     full = tokenize_steer(steer, tok)
     hunk_end = full.chosen_span_mask.index(True) + sum(full.chosen_span_mask)
+    # The tail goes first: at max_length=hunk_end nothing on the left is dropped.
+    ts = tokenize_steer(steer, tok, max_length=hunk_end)
+    assert ts.truncated_left == 0 and ts.chosen_ids == full.chosen_ids[:hunk_end]
     # No BOS to keep (SmolLM2 adds none to plain text): the prompt and the shared prefix go, all
     # but the one token the first span token is predicted from (logits[i - 1] score ids[i]).
-    ts = tokenize_steer(steer, tok, max_length=hunk_end + 1)
+    ts = tokenize_steer(steer, tok, max_length=hunk_end - full.prefix_len + 1)
     assert ts.span_ids() == full.span_ids()
     assert ts.truncated_left == full.prefix_len - 1
     assert ts.chosen_ids[0] == full.chosen_ids[full.prefix_len - 1] and not ts.chosen_span_mask[0]
-    assert len(ts.chosen_ids) == hunk_end + 1
+    assert ts.chosen_ids == full.chosen_ids[full.prefix_len - 1:hunk_end]
     # the shared prefix may go too, but never the span; continuation spans do not fit
     with pytest.raises(SteerError) as e:
-        tokenize_steer(steer, tok, span="continuation", max_length=hunk_end + 1)
+        tokenize_steer(steer, tok, span="continuation", max_length=hunk_end)
     assert e.value.reason == "span_too_long"
     with pytest.raises(SteerError, match="max_length=2"):
         tokenize_steer(Steer(prompt="Q:", prefix="", rejected=" a b c", corrected=" x y z"), tok,
                        span="continuation", max_length=2)
+
+
+def test_truncation_cuts_the_untrained_tail_before_the_context(smollm2_tokenizer):
+    # Tokens after a hunk never influence the span's log-probs (causal attention), the prompt and
+    # prefix do: the shared tail must go first. Here all of it fits once the tail is cut.
+    tok = smollm2_tokenizer
+    chat = [{"role": "user", "content": "List the numbers from 1 to 24, in order."}]
+    tail = "".join(f", {i}" for i in range(4, 24))  # 20 shared list items after the edit
+    steer = Steer(prompt=chat, prefix="1, 2, ", rejected="4" + tail, corrected="3" + tail)
+    full = tokenize_steer(steer, tok)
+    hunk_end = full.chosen_span_mask.index(True) + sum(full.chosen_span_mask)
+    assert hunk_end <= 80 < len(full.chosen_ids)
+    ts = tokenize_steer(steer, tok, max_length=80)
+    assert ts.truncated_left == 0 and ts.prompt_len == full.prompt_len  # the whole context stays
+    assert ts.chosen_ids == full.chosen_ids[:80] and ts.rejected_ids == full.rejected_ids[:80]
+    assert ts.span_ids() == full.span_ids()
+    # Shorter still: the tail is gone, then prompt tokens go from the left, just enough for the span.
+    ts = tokenize_steer(steer, tok, max_length=hunk_end - 10)
+    assert ts.truncated_left == 10 and len(ts.chosen_ids) == hunk_end - 10
+    assert ts.chosen_ids[0] == tok.bos_token_id  # SmolLM2's BOS is "<|im_start|>": it stays
+    assert ts.chosen_ids == full.chosen_ids[:1] + full.chosen_ids[11:hunk_end]
+    assert ts.span_ids() == full.span_ids()
+
+
+def test_no_mask_ever_marks_position_zero(smollm2_tokenizer):
+    # SmolLM2 adds no BOS to plain text: truncation that drops the whole prompt leaves a completion
+    # token at position 0, which no logit predicts; collating it used to raise at the first eval.
+    from localpref.collate import collate_padded
+
+    tok = smollm2_tokenizer
+    steer = Steer(prompt="Count 0:", prefix=" one two three four five six", rejected=" seven eight",
+                  corrected=" nine eight")
+    full = tokenize_steer(steer, tok)
+    for span in ("hunk", "continuation"):
+        for max_length in range(4, len(full.chosen_ids) + 1):
+            kept, skipped = tokenize_steers([steer], tok, span=span, max_length=max_length, on_error="skip")
+            if skipped:
+                assert dict(skipped) == {"span_too_long": 1}
+                continue
+            (ts,) = kept
+            assert ts.span_ids() == tokenize_steer(steer, tok, span=span).span_ids()
+            for mask in (ts.chosen_span_mask, ts.rejected_span_mask, ts.chosen_completion_mask,
+                         ts.rejected_completion_mask):
+                assert not mask[0], (span, max_length)
+            collate_padded([ts], [0], tok.pad_token_id)
+            if ts.prompt_len == 0:  # the whole prompt went: the first kept token is context only
+                assert ts.chosen_completion_mask == [i >= 1 for i in range(len(ts.chosen_ids))]
+    # With no BOS a prompt can merge with both continuations into their first token ("a" + "nd" /
+    # "re" -> "and" / "are"): the competing tokens sit at position 0, so the steer is bad input.
+    for span in ("hunk", "completion"):
+        with pytest.raises(SteerError) as e:
+            tokenize_steer(Steer(prompt="a", prefix="", rejected="nd", corrected="re"), tok, span=span)
+        assert e.value.reason == "span_at_start"
 
 
 def test_tokenize_steers_policy_and_batching_match_single(smollm2_tokenizer):
@@ -206,6 +266,7 @@ def test_tokenize_steers_policy_and_batching_match_single(smollm2_tokenizer):
     assert [t.id for t in out] == ["g0", "g1", "g2", "g3"]
     assert dict(skipped) == {"identical_continuations": 1, "prefix_continuation": 1, "span_too_long": 1}
     assert out == [tokenize_steer(s, tok, span="continuation", max_length=40) for s in good]
+    assert [t.source_index for t in out] == [1, 2, 4, 6]  # positions in `steers`, past the skipped ones
     with pytest.raises(SteerError):
         tokenize_steers(steers, tok, on_error="raise")
 
@@ -272,8 +333,9 @@ def _check_properties(tok, steer: Steer, span: str, prompt_text: str, lead: int)
     ]:
         assert len(ids) == len(span_mask) == len(completion_mask)
         assert any(span_mask) and not any(s and not c for s, c in zip(span_mask, completion_mask))
-        assert completion_mask == [i >= ts.prompt_len for i in range(len(ids))]
-        assert span_mask[ts.prompt_len if span == "completion" else p]
+        first = max(ts.prompt_len, 1)  # position 0 is never masked: no logit predicts it
+        assert completion_mask == [i >= first for i in range(len(ids))]
+        assert span_mask[first if span == "completion" else p]
         # nothing outside the assistant completion is masked: every completion token covers
         # at least one character after the rendered prompt (leading specials: none)
         assert ids[lead:] == enc["input_ids"] and not any(completion_mask[:lead])
@@ -313,7 +375,8 @@ def test_properties_trained_bpe(bpe_tokenizer, prompt, prefix, rejected, correct
 @fixture_ok
 @given(prompt=texts, prefix=texts, rejected=texts, corrected=texts, span=spans, max_length=st.integers(1, 16))
 def test_truncation_properties(bpe_tokenizer, prompt, prefix, rejected, corrected, span, max_length):
-    """Against the documented rule: drop after the BOS up to the span, then cut tails after it."""
+    """Against the documented rule: cut the tails after the spans, then drop after the BOS just
+    enough for the spans to fit (never into the span, keeping one token before it)."""
     steer = Steer(prompt=prompt, prefix=prefix, rejected=rejected, corrected=corrected)
     try:
         full = tokenize_steer(steer, bpe_tokenizer, span=span)
@@ -321,7 +384,7 @@ def test_truncation_properties(bpe_tokenizer, prompt, prefix, rejected, correcte
         return
     start = full.chosen_span_mask.index(True)
     ends = [len(m) - m[::-1].index(True) for m in (full.chosen_span_mask, full.rejected_span_mask)]
-    drop = max(0, min(max(len(full.chosen_ids), len(full.rejected_ids)) - max_length, start - 1))
+    drop = max(0, min(max(ends) - max_length, start - 1))
     if max(ends) - drop > max_length:
         with pytest.raises(SteerError) as e:
             tokenize_steer(steer, bpe_tokenizer, span=span, max_length=max_length)

@@ -68,6 +68,16 @@ def test_first_step_preference_loss_is_log_two(tmp_path):
     assert first["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_logged_lr_is_the_lr_each_step_used(tmp_path):
+    # Linear warmup over 2 steps to 1e-4, then linear decay to 0 at step 4 (make_optimizer's factor):
+    # steps 1..4 use 1e-4 x (1/2, 2/2, 1 - 0/2, 1 - 1/2).
+    rows = run(tmp_path, "trainer.warmup_steps=2", "trainer.lr=1e-4", "trainer.schedule=linear",
+               "trainer.max_steps=4")
+    logged = [(r["step"], r["train/lr"]) for r in rows if "train/lr" in r]
+    assert logged == [(1, pytest.approx(5e-5)), (2, pytest.approx(1e-4)), (3, pytest.approx(1e-4)),
+                      (4, pytest.approx(5e-5))]
+
+
 def test_localized_training_learns_the_corrections(tmp_path):
     # 40 steps at a high lr on 16 steers: the span reward margin on the training pairs must grow
     # and the loss fall below log 2 (a tiny random model can memorize 16 one-token edits).
@@ -105,6 +115,55 @@ def test_precomputed_reference_equals_frozen_copy(loss, tmp_path, monkeypatch):
     assert (cache / "logps.safetensors").stat().st_mtime_ns == stamp
 
 
+def _hand_pairs() -> list:
+    """Two tokenized pairs over a 256-token vocabulary (for models built from tiny_llama_config)."""
+    from localpref.data.tokenize import TokenizedSteer
+
+    def pair(ids: list[int], chosen: int, rejected: int) -> TokenizedSteer:
+        n = len(ids) + 1
+        span = [i == len(ids) - 1 for i in range(n)]
+        completion = [i >= 2 for i in range(n)]
+        c, r = ids[:-1] + [chosen, ids[-1]], ids[:-1] + [rejected, ids[-1]]
+        return TokenizedSteer(c, r, span, span, completion, completion, prefix_len=len(ids) - 1, prompt_len=2)
+
+    return [pair([3, 14, 15, 92, 65], 35, 89), pair([27, 18, 28, 18, 28, 45], 90, 45)]
+
+
+def test_precomputed_cache_is_keyed_on_the_model_config(tmp_path, monkeypatch):
+    # Two tiny models that differ only in their head count have weights of the same shapes, and
+    # the same seed makes them equal; their log-probs differ all the same. Each must get its own table.
+    from transformers import LlamaForCausalLM
+
+    from localpref.collate import collate_padded
+    from localpref.models import tiny_llama_config
+    from localpref.reference import PrecomputedReference, TokenScorer, _fingerprint, make_model_reference
+
+    monkeypatch.setenv("LOCALPREF_CACHE", str(tmp_path))
+    pairs = _hand_pairs()
+    batch = collate_padded(pairs, [0, 1], pad_id=0)
+    folders, live = [], []
+    for heads in (2, 4):
+        config = tiny_llama_config(hidden_size=16, num_heads=heads)
+        config.initializer_range = 0.5  # sharper attention, so the head count matters visibly
+        torch.manual_seed(0)
+        reference = make_model_reference("copy", TokenScorer(LlamaForCausalLM(config), "fp32"))
+        cached, folder = PrecomputedReference.build(reference, pairs, 0, batch_size=2, device=torch.device("cpu"))
+        # "completion" covers every cached position (span is a subset): the same forward, bit for bit
+        live.append(reference.token_logps(batch, "completion"))
+        for got, want in zip(cached.token_logps(batch, "completion"), live[-1]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        folders.append(folder)
+    assert (live[0][0] - live[1][0]).abs().max() > 0.1  # the head count does change the log-probs
+    assert folders[0] != folders[1]
+    # The attention implementation, the weights' dtype and the autocast precision are in the key too.
+    model = reference.scorer.model.to(torch.bfloat16).float()  # weights that bf16 holds exactly
+    keys = {_fingerprint(TokenScorer(model, "fp32"), pairs), _fingerprint(TokenScorer(model, "bf16"), pairs)}
+    model.config._attn_implementation = "eager"
+    keys.add(_fingerprint(TokenScorer(model, "fp32"), pairs))
+    keys.add(_fingerprint(TokenScorer(model.to(torch.bfloat16), "fp32"), pairs))  # the same weights, in bf16
+    assert len(keys) == 4
+
+
 def test_adapter_disabled_reference_equals_frozen_copy_with_lora(tmp_path):
     run(tmp_path / "copy", "peft=lora", "reference=copy", "trainer.max_steps=3")
     run(tmp_path / "off", "peft=lora", "reference=adapter_disabled", "trainer.max_steps=3")
@@ -117,11 +176,34 @@ def test_eval_metrics_before_training_are_the_references(tmp_path):
     rows = run(tmp_path)
     before = next(r for r in rows if "eval/span/margin" in r)
     assert before["step"] == 0
-    assert before["eval/span/margin"] == 0.0 and before["eval/span/reward_accuracy"] == 0.0
+    assert before["eval/span/margin"] == 0.0 and before["eval/span/reward_accuracy"] == 0.5  # all ties
     assert before["eval/drift/kl"] == pytest.approx(0.0, abs=1e-7)
     assert before["eval/span/nll"] > 0 and before["eval/drift/nll"] > 0
     after = [r for r in rows if "eval/span/margin" in r][-1]
     assert after["step"] == 2 and after["eval/drift/kl"] > 0
+
+
+def test_eval_before_training_is_the_same_with_a_cached_reference(tmp_path, monkeypatch):
+    # Before any step the policy is the reference: every span margin must be an exact tie, with
+    # a live copy and with cached log-probs alike, also under bf16. Scoring the policy through
+    # full bf16 logits and the cache through the fp32-accumulating span-only path made the
+    # precomputed run's margins rounding noise (reward accuracy 0.625 vs 0 with a copy).
+    from localpref.models import cache_root, smollm2_dir
+
+    smollm2_dir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(cache_root() / "models")
+    monkeypatch.setenv("LOCALPREF_CACHE", str(tmp_path / "cache"))
+    before = {}
+    for kind in ("copy", "precomputed"):
+        rows = run(tmp_path / kind, f"reference={kind}", "trainer.precision=bf16", "data.n_eval=16",
+                   "trainer.max_steps=1")
+        before[kind] = next(r for r in rows if "eval/span/margin" in r and r["step"] == 0)
+    assert [row["eval/span/margin"] for row in before.values()] == [0.0, 0.0]
+    for kind, row in before.items():
+        assert row["eval/span/reward_ties"] == 1.0, kind  # every pair ties...
+        assert row["eval/span/reward_accuracy"] == 0.5, kind  # ...and a tie counts half
+    assert before["copy"]["eval/span/nll"] == before["precomputed"]["eval/span/nll"]
 
 
 @pytest.mark.slow
@@ -165,6 +247,36 @@ def test_wandb_offline_needs_no_network(tmp_path, monkeypatch):
     assert len(table) == 4 and "corrected_span" in json.loads(table[0])
 
 
+def test_examples_table_pairs_each_span_with_its_own_steer(tmp_path):
+    # Steers without ids (all `None`) must not collapse onto one steer's prompt in the table.
+    from localpref.data.load import write_steers
+    from localpref.data.schema import Steer
+
+    steers = [Steer(prompt=f"Prompt number {i}:", prefix=" the answer is", rejected=" x", corrected=f" {i}")
+              for i in range(10)]
+    write_steers(steers, tmp_path / "steers.jsonl")
+    run(tmp_path / "run", "data=jsonl", f"data.path={tmp_path / 'steers.jsonl'}", "logger.example_table=3",
+        "trainer.micro_batch_size=1", "trainer.max_steps=1")
+    table = [json.loads(line) for line in (tmp_path / "run" / "examples.jsonl").read_text().splitlines()]
+    assert len(table) == 3
+    for row in table:
+        assert row["prompt"] == f"Prompt number {row['corrected_span'].strip()}:"
+
+
+def test_data_min_match_reaches_tokenization(tmp_path):
+    # Two differences separated by one equal token (" sat"): min_match=2 joins them into one hunk
+    # of 4 tokens per side (" A dog sat by"), where the default stops after " A dog".
+    from localpref.data.load import write_steers
+    from localpref.data.schema import Steer
+
+    steers = [Steer(prompt=f"Q{i}:", prefix="", rejected=" The cat sat on the mat", corrected=" A dog sat by the mat")
+              for i in range(20)]
+    write_steers(steers, tmp_path / "steers.jsonl")
+    rows = run(tmp_path / "run", "data=jsonl", f"data.path={tmp_path / 'steers.jsonl'}", "data.min_match=2",
+               "trainer.max_steps=1")
+    assert rows[0]["data/span/chosen_tokens"] == 4 and rows[0]["data/span/rejected_tokens"] == 4
+
+
 def test_any_steer_jsonl_trains_with_a_held_out_fraction(tmp_path):
     from localpref.data.examples import example_steers
     from localpref.data.load import write_steers
@@ -174,6 +286,37 @@ def test_any_steer_jsonl_trains_with_a_held_out_fraction(tmp_path):
                "data.n_train=null", "data.n_eval=null")
     counts = rows[0]
     assert (counts["data/train_pairs"], counts["data/eval_pairs"]) == (30, 10)
+
+
+def test_held_out_split_keeps_each_source_record_whole(tmp_path):
+    # Steps of one trajectory share their prompt and earlier text: one in training and another
+    # held out would leak. 10 three-step trajectories, eval_fraction=0.1: one whole trajectory.
+    from localpref.config import DataConfig
+    from localpref.data.load import write_steers
+    from localpref.data.schema import Steer
+    from localpref.train import load_data
+
+    def record(i: int) -> dict:
+        steps = [{"accepted": f"{k}, ", "rejected": f"x{k}, ", "corrected": f"y{k}, "} for k in range(3)]
+        return {"prompt": [{"role": "user", "content": f"Trajectory {i}"}], "id": f"t{i}", "steps": steps}
+
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text("".join(json.dumps(record(i)) + "\n" for i in range(10)))
+    train_steers, held, _ = load_data(DataConfig(source="jsonl", path=str(path), eval_fraction=0.1))
+    assert len(train_steers) == 27 and len(held) == 3
+    (trajectory,) = {s.id.split("/")[0] for s in held}
+    assert sorted(s.id for s in held) == [f"{trajectory}/step{k}" for k in range(3)]
+    assert not any(s.id.startswith(trajectory + "/") for s in train_steers)
+    # Hunks of one edited answer (`--hunks all`) stay together; steers without ids group by prompt.
+    steers = [Steer(prompt=f"p{i}", prefix="", rejected="a", corrected="b", id=f"e{i}/hunk{k}")
+              for i in range(5) for k in range(2)]
+    steers += [Steer(prompt=f"q{i}", prefix=f"{k}", rejected="a", corrected="b") for i in range(5) for k in range(2)]
+    write_steers(steers, tmp_path / "mixed.jsonl")
+    train_steers, held, _ = load_data(DataConfig(source="jsonl", path=str(tmp_path / "mixed.jsonl"),
+                                                 eval_fraction=0.2))
+    assert len(held) == 4 and len(train_steers) == 16  # 2 of the 10 records, whole
+    records = lambda ss: {s.id.split("/")[0] if s.id else s.prompt for s in ss}  # noqa: E731
+    assert len(records(held)) == 2 and not records(held) & records(train_steers)
 
 
 def test_defacto_trains_from_the_shared_folder(defacto_dir, tmp_path):

@@ -8,9 +8,11 @@ transformers import) and each submodule can be read on its own:
     tokenize_steer, tokenize_steers,        tokenize.py  render, tokenize, find the span
     TokenizedSteer
     example_steers                          examples.py  built-in deterministic steers
+    split_by_record                         split.py     held-out split by source record
 
 Importers (not re-exported): ``importers.py`` (edited outputs, TRL pairs, DeFacto) and
-``frontends/`` (text-generation-webui, SillyTavern, Loom, mikupad save files; ``import_tool``).
+``frontends/`` (text-generation-webui, SillyTavern, Loom, mikupad save files; ``import_tool``),
+``collected.py`` (trajectories of ``localpref steer collect`` at an annotation budget).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _EXPORTS = {
     "tokenize_steers": "tokenize",
     "TokenizedSteer": "tokenize",
     "example_steers": "examples",
+    "split_by_record": "split",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -131,8 +131,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"error: {args.file} does not exist", file=sys.stderr)
         return 2
     tokenizer = load_tokenizer(args.tokenizer)
+    if args.min_match < 1:
+        print(f"error: --min-match must be >= 1, got {args.min_match}", file=sys.stderr)
+        return 2
     inspect_file(args.file, tokenizer, span=args.span, max_length=args.max_length,
-                 context_after=args.context_after, limit=args.limit, on_error=args.on_error)
+                 context_after=args.context_after, min_match=args.min_match, limit=args.limit,
+                 on_error=args.on_error)
     return 0
 
 
@@ -218,6 +222,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--span", choices=("hunk", "continuation", "completion"), default="hunk")
     p.add_argument("--max-length", type=int, default=None, help="longest sequence per side (tokens)")
     p.add_argument("--context-after", type=int, default=0, help="extra tokens trained on after each hunk")
+    p.add_argument("--min-match", type=int, default=1,
+                   help="equal tokens in a row that end a hunk; shorter equal runs between two "
+                        "differences join the hunk (default: 1, as data.min_match)")
     p.add_argument("--limit", type=int, default=5, help="how many steers to show (statistics cover all)")
     _on_error(p, "skip")
     p.set_defaults(func=_inspect)

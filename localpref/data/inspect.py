@@ -34,6 +34,7 @@ class InspectStats:
     rejected_span_lengths: list[int] = field(default_factory=list)
     prefix_tokens: list[int] = field(default_factory=list)  # completion tokens before the divergence
     sequence_lengths: list[int] = field(default_factory=list)  # max(len(chosen), len(rejected))
+    truncated_left: int = 0  # steers that lost context on the left (prompt, prefix) to fit max_length
     ends_turn: Counter = field(default_factory=Counter)  # "corrected" / "rejected" -> count
 
 
@@ -82,21 +83,23 @@ def collect_stats(steers: SteerList, tokenized: list, tokenize_skipped: SkipCoun
         stats.rejected_span_lengths.append(sum(ts.rejected_span_mask))
         stats.prefix_tokens.append(ts.prefix_len - ts.prompt_len)
         stats.sequence_lengths.append(max(len(ts.chosen_ids), len(ts.rejected_ids)))
+        stats.truncated_left += ts.truncated_left > 0
     return stats
 
 
 def inspect_steers(source: Any, tokenizer: Any, *, span: str = "hunk", max_length: int | None = None,
-                   context_after: int = 0, on_error: OnError = "skip") -> tuple[SteerList, list, InspectStats]:
+                   context_after: int = 0, min_match: int = 1,
+                   on_error: OnError = "skip") -> tuple[SteerList, list, InspectStats]:
     """Load, tokenize and summarize a steer file (or dataset): ``(steers, tokenized, stats)``.
 
-    ``tokenized`` is aligned with the steers that tokenized (each carries its steer's ``id``);
+    ``tokenized`` holds the steers that tokenized (each names its steer by ``source_index``);
     under ``on_error="skip"`` bad steers are counted in ``stats`` by reason.
     """
     from localpref.data.tokenize import tokenize_steers
 
     steers = load_steers(source, on_error=on_error)
     tokenized, skipped = tokenize_steers(steers, tokenizer, span=span, max_length=max_length,
-                                         context_after=context_after, on_error=on_error)
+                                         context_after=context_after, min_match=min_match, on_error=on_error)
     return steers, tokenized, collect_stats(steers, tokenized, skipped)
 
 
@@ -152,6 +155,7 @@ def render_stats(console: Any, stats: InspectStats) -> None:
     console.print(f"steers loaded: {stats.steers}   tokenized: {stats.tokenized}   "
                   f"trajectories without corrections: {stats.accepted_records}")
     console.print(f"ends turn: corrected {stats.ends_turn['corrected']}, rejected {stats.ends_turn['rejected']}")
+    console.print(f"truncated from the left (context lost) to fit max_length: {stats.truncated_left}")
     for name, skipped in (("skipped while loading", stats.skipped_load),
                           ("skipped while tokenizing", stats.skipped_tokenize)):
         console.print(f"{name}: {sum(skipped.values())}" + (f"  {dict(sorted(skipped.items()))}" if skipped else ""))
@@ -165,7 +169,7 @@ def render_stats(console: Any, stats: InspectStats) -> None:
 
 
 def inspect_file(path: str | os.PathLike, tokenizer: Any, *, span: str = "hunk", max_length: int | None = None,
-                 context_after: int = 0, limit: int = 5, on_error: OnError = "skip",
+                 context_after: int = 0, min_match: int = 1, limit: int = 5, on_error: OnError = "skip",
                  console: Any = None) -> InspectStats:
     """Render the first ``limit`` steers of a file and its statistics; returns the statistics."""
     from rich.console import Console
@@ -173,14 +177,15 @@ def inspect_file(path: str | os.PathLike, tokenizer: Any, *, span: str = "hunk",
 
     console = console or Console()
     steers, tokenized, stats = inspect_steers(path, tokenizer, span=span, max_length=max_length,
-                                              context_after=context_after, on_error=on_error)
+                                              context_after=context_after, min_match=min_match, on_error=on_error)
     # The shown steers are tokenized again one by one, so a skipped one shows why it was skipped.
     from localpref.data.errors import SteerError
     from localpref.data.tokenize import tokenize_steer
 
     for steer in steers[:limit]:
         try:
-            ts = tokenize_steer(steer, tokenizer, span=span, max_length=max_length, context_after=context_after)
+            ts = tokenize_steer(steer, tokenizer, span=span, max_length=max_length, context_after=context_after,
+                                min_match=min_match)
         except SteerError as e:
             console.rule(f"steer {steer.id!r}")
             console.print(Text(f"skipped: {e}", style="bold red"))

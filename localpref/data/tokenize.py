@@ -30,27 +30,42 @@ Positions (all indices into a side's ids; the spans themselves come from ``local
   "hunk" and "continuation" modes both spans start there; in "completion" mode they start at
   ``prompt_len`` and ``prefix_len`` still marks the divergence.
 * The two sides can tokenize the END OF THE PROMPT differently: with SmolLM2, a chat prompt
-  ending in "assistant\\n" followed by a continuation starting "\\n" merges into one "\\n\\n"
-  token on that side only; a plain prompt "Answer: " does the same with " yes" vs "yes".
+  ending in "assistant\\n" followed by a continuation starting "\\n\\n" merges the prompt's
+  newline and the first of those into one "\\n\\n" token on that side only (a single "\\n"
+  stays a token of its own); a plain prompt "Answer: " does the same with " yes" vs "yes".
   The competing token is then prompt text on one side, which the model never chose, so such
   a steer raises ``SteerError("divergence_in_prompt")``. Otherwise ``prompt_len <= prefix_len``
   and every masked token covers completion text.
+* No mask ever marks position 0: no logit predicts the token there. Without a BOS a completion
+  token can sit at 0 (the prompt merges into it, or truncation dropped the whole prompt); it is
+  then context only, and the masks start at 1. If the two sides already differ at position 0,
+  nothing can score the competing tokens: ``SteerError("span_at_start")``.
 
-Truncation to ``max_length`` (per side): drop tokens from the left, after a leading BOS which
-is always kept, up to the span start (prompt first, then shared prefix tokens in "hunk" and
-"continuation" modes); then cut each side's tail after its span from the right. The span is
-never cut: a steer whose span cannot fit raises ``SteerError("span_too_long")``.
+Truncation to ``max_length`` (per side), in this order:
+
+1. The tail after each side's span (in "hunk" mode the shared tail beyond ``context_after``; the
+   other modes have none) is cut from the right first: under causal attention it never changes
+   the span's log-probs.
+2. Only if a span still ends past ``max_length``, tokens are dropped from the left, after a
+   leading BOS which is always kept, just enough for both spans to fit (prompt first, then
+   shared prefix tokens), keeping at least one token before the span.
+
+The span is never cut: a steer whose span cannot fit raises ``SteerError("span_too_long")``.
+Dropping from the left loses context the span is predicted from, so ``truncated_left`` records
+it (``localpref data inspect`` shows and counts it). The completion masks cover what is kept, so
+a loss on ``mask=completion`` with ``span=hunk`` sees less of the tail.
 
 Bad steers raise ``SteerError`` (or are skipped and counted by ``tokenize_steers``):
 ``identical_continuations`` (same text, or different text with the same tokens, e.g. under a
 lowercasing normalizer), ``prefix_continuation`` (one side's tokens are a strict prefix of the
 other's, e.g. a partial corrected continuation that only deletes the rejected tail: there is
-no competing token at the divergence), ``divergence_in_prompt`` (above), ``span_too_long``.
+no competing token at the divergence), ``divergence_in_prompt`` and ``span_at_start`` (above),
+``span_too_long``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from localpref.data.errors import OnError, SkipCounter, SteerError
@@ -66,7 +81,8 @@ class TokenizedSteer:
     """One steer as two token sequences with masks; all lists of a side have the same length.
 
     Masks mark POSITIONS ``i`` whose token ``ids[i]`` is trained on (scored by ``logits[i-1]``).
-    ``*_span_mask`` is a subset of ``*_completion_mask``, which is ``i >= prompt_len``.
+    ``*_span_mask`` is a subset of ``*_completion_mask``, which is ``i >= max(prompt_len, 1)``:
+    position 0 is never marked, since no logit predicts it.
     """
 
     chosen_ids: list[int]  # (t_c,) prompt + prefix + corrected continuation
@@ -79,6 +95,9 @@ class TokenizedSteer:
     prompt_len: int  # index of the first assistant-completion token (after truncation)
     id: str | None = None
     truncated_left: int = 0  # tokens dropped after the BOS to fit max_length (same on both sides)
+    # Position of the source steer in the list given to tokenize_steers (which can skip steers);
+    # ids need not be unique or present, so this is how a tokenized steer finds its steer.
+    source_index: int | None = field(default=None, compare=False)
 
     def span_ids(self) -> tuple[list[int], list[int]]:
         """The trained-on token ids ``(chosen, rejected)``, for inspection and logging."""
@@ -184,9 +203,15 @@ def _check_args(span: str, max_length: int | None) -> None:
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
 
 
-def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, context_after: int,
-           min_match: int, bos_token_id: int | None) -> TokenizedSteer:
-    """Spans, masks and truncation for one encoded steer."""
+def _first_scored(prompt_len: int) -> int:
+    """The first position a mask may mark: the first completion token, but never position 0,
+    whose token no logit predicts (a completion token lands there when there is no BOS and the
+    prompt merges into it, or truncation dropped the whole prompt): it is then context only."""
+    return max(prompt_len, 1)
+
+
+def _divergence(steer: Steer, enc: _Encoded) -> int:
+    """``prefix_len``, the divergence, once the steer has competing tokens a logit can score."""
     chosen, rejected = enc.chosen, enc.rejected
     if chosen == rejected:
         raise SteerError("identical_continuations",
@@ -205,19 +230,34 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
                          f"differently (a token merges prompt text with one continuation only, "
                          f"e.g. a trailing space or newline), so one competing token is prompt "
                          f"text; move that whitespace into the prefix or the prompt", field="prefix")
+    if prefix_len == 0:  # possible only without a BOS, when the first token merges prompt and completion
+        raise SteerError("span_at_start",
+                         f"steer {steer.id!r}: the two sides differ at their first token, which no "
+                         f"logit predicts (the tokenizer adds no BOS and the first token merges "
+                         f"prompt and completion text); lengthen the prompt", field="prompt")
+    return prefix_len
+
+
+def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, context_after: int,
+           min_match: int, bos_token_id: int | None) -> TokenizedSteer:
+    """Spans, masks and truncation for one encoded steer."""
+    chosen, rejected = enc.chosen, enc.rejected
+    prefix_len = _divergence(steer, enc)
     # equal on both sides here: they share all tokens before the divergence, offsets included
     prompt_len = enc.chosen_completion_start
     (c_start, c_end), (r_start, r_end) = span_bounds(
-        chosen, rejected, prompt_len=prompt_len, mode=span, context_after=context_after,
+        chosen, rejected, prompt_len=_first_scored(prompt_len), mode=span, context_after=context_after,
         min_match=min_match)
 
     dropped = 0
     if max_length is not None:
         # Keep a leading BOS: models are trained with it at position 0.
         keep = int(prompt_len > 0 and bos_token_id is not None and chosen[0] == bos_token_id)
-        over = max(len(chosen), len(rejected)) - max_length
-        # At least one token must stay before the span: ids[i] is scored by logits[i - 1], so a
-        # span starting at position 0 could not be trained on.
+        # The tails after the spans go first: under causal attention they never change the
+        # span's log-probs, while every token on the left is context for it. So drop from the
+        # left only what the spans need to end within max_length, and keep at least one token
+        # before them (ids[i] is scored by logits[i - 1]); the tails are cut below.
+        over = max(c_end, r_end) - max_length
         dropped = max(0, min(over, min(c_start, r_start) - max(keep, 1)))
         chosen = chosen[:keep] + chosen[keep + dropped:]
         rejected = rejected[:keep] + rejected[keep + dropped:]
@@ -236,8 +276,8 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
         rejected_ids=rejected,
         chosen_span_mask=interval_mask(len(chosen), c_start, c_end),
         rejected_span_mask=interval_mask(len(rejected), r_start, r_end),
-        chosen_completion_mask=interval_mask(len(chosen), prompt_len, len(chosen)),
-        rejected_completion_mask=interval_mask(len(rejected), prompt_len, len(rejected)),
+        chosen_completion_mask=interval_mask(len(chosen), _first_scored(prompt_len), len(chosen)),
+        rejected_completion_mask=interval_mask(len(rejected), _first_scored(prompt_len), len(rejected)),
         prefix_len=prefix_len,
         prompt_len=prompt_len,
         id=steer.id,
@@ -260,7 +300,8 @@ def tokenize_steer(steer: Steer, tokenizer: Any, *, span: str = "hunk", max_leng
         min_match: equal tokens in a row that end a hunk (``localpref.spans.hunk_span``).
 
     Raises:
-        SteerError: reason "identical_continuations", "prefix_continuation" or "span_too_long".
+        SteerError: reason "identical_continuations", "prefix_continuation",
+            "divergence_in_prompt", "span_at_start" or "span_too_long".
     """
     _check_args(span, max_length)
     r = _Renderer(tokenizer)
@@ -282,29 +323,34 @@ def tokenize_steers(steers: Iterable[Steer], tokenizer: Any, *, span: str = "hun
                     on_error: OnError = "raise") -> tuple[list[TokenizedSteer], SkipCounter]:
     """``tokenize_steer`` over many steers, with one batched tokenizer call per 512 steers.
 
-    Returns the tokenized steers (in input order, bad ones left out under ``on_error="skip"``)
-    and a fresh ``SkipCounter`` of the steers skipped here, by reason (load-time skips are
-    counted separately by ``load_steers``).
+    Returns the tokenized steers (in input order, bad ones left out under ``on_error="skip"``,
+    each with ``source_index``: its steer's position in ``steers``) and a fresh ``SkipCounter``
+    of the steers skipped here, by reason (load-time skips are counted separately by
+    ``load_steers``).
     """
     _check_args(span, max_length)
     r = _Renderer(tokenizer)
     skipped = SkipCounter()
     rendered: list[tuple[Steer, tuple[str, str, str]]] = []
-    for steer in steers:
+    index: list[int] = []  # position in `steers` of each rendered steer
+    for i, steer in enumerate(steers):
         try:
             rendered.append((steer, r.texts(steer)))
+            index.append(i)
         except SteerError as err:
             skipped.handle(_located(err, steer), on_error)
     out: list[TokenizedSteer] = []
     for lo in range(0, len(rendered), _ENCODE_BATCH):
         batch = rendered[lo:lo + _ENCODE_BATCH]
-        for (steer, _), enc in zip(batch, r.encode(batch)):
+        for (steer, _), enc, i in zip(batch, r.encode(batch), index[lo:lo + _ENCODE_BATCH]):
             try:
-                out.append(_build(steer, enc, span=span, max_length=max_length,
-                                  context_after=context_after, min_match=min_match,
-                                  bos_token_id=tokenizer.bos_token_id))
+                ts = _build(steer, enc, span=span, max_length=max_length, context_after=context_after,
+                            min_match=min_match, bos_token_id=tokenizer.bos_token_id)
             except SteerError as err:
                 skipped.handle(_located(err, steer), on_error)
+                continue
+            ts.source_index = i
+            out.append(ts)
     return out, skipped
 
 

@@ -144,7 +144,7 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / spec.warmup_steps, 0.5 * (
         1 + math.cos(math.pi * min(1.0, (s - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps))))))
     losses, start = [], time.time()
-    progress = Progress(spec.steps, 0, label=f"pretrain tiny-{family_name}")
+    progress = Progress(spec.steps, 0, label=f"pretrain tiny-{family_name}", unit="steps")
     model.train()
     for step in range(spec.steps):
         ids, attention, scored = _batch(family, tasks, tokenizer, rng, spec.batch_size, spec.error_rate)
