@@ -26,7 +26,8 @@ def test_every_config_file_composes():
     # Choosing a file in its group merges it into the schema; to_object would fail on an unknown
     # key or a wrong type. Values the user must give (model=local's path, data=jsonl's path) are
     # supplied, as validate() requires them.
-    required = {"model/local": ["model.path=/x"], "data/jsonl": ["data.path=/x"]}
+    required = {"model/local": ["model.path=/x"], "data/jsonl": ["data.path=/x"],
+                "data/collected": ["data.path=/x", "data.eval_path=/y"]}
     checked = 0
     for path in GROUP_FILES:
         group, name = path.parent.relative_to(CONF_DIR).as_posix(), path.stem
@@ -38,9 +39,9 @@ def test_every_config_file_composes():
         typed = OmegaConf.to_object(cfg)
         assert isinstance(typed, TrainConfig)
         checked += 1
-    # 3 model + 3 data + 6 loss + 3 reference + 2 peft + 1 trainer + 3 logger + 3 launcher
+    # 4 model + 4 data + 6 loss + 3 reference + 2 peft + 1 trainer + 3 logger + 3 launcher
     # + 1 debug + experiments: update when a file is added, so none is silently skipped.
-    assert checked == len(GROUP_FILES) == 25 + len(EXPERIMENTS)
+    assert checked == len(GROUP_FILES) == 27 + len(EXPERIMENTS)
     assert len(EXPERIMENTS) >= 1
 
 
