@@ -9,6 +9,9 @@ same way::
         piece = writer.step()          # one sampled token; its text ('' for the end of turn)
     writer.set_text(accepted + correction)   # a person's correction: resume from there
 
+``generate_batch`` runs one such pass for many prompts at once (left-padded, rows leaving the batch
+as they stop): what collection and evaluation use, several times faster on CPU than one row at a time.
+
 The context the model sees is always ``render_prompt(prompt) + text`` tokenized whole, exactly as a
 steer built from this text is tokenized for training (``localpref.data.tokenize``), so generation
 and training agree on every token. ``set_text`` re-tokenizes and keeps the KV cache for the tokens
@@ -20,7 +23,8 @@ reproducible.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -134,3 +138,79 @@ class TurnWriter:
         # A token can complete a multi-byte character started by the previous one, rewriting the
         # replacement character that ended the text: return what changed from the common start.
         return self.text[common_prefix_len(before, self.text):]
+
+
+@dataclass
+class PassResult:
+    """One row of ``generate_batch``: the assistant text after the pass and why the pass ended."""
+
+    text: str
+    ended: bool  # the model ended its turn
+    exhausted: bool  # max_new_tokens sampled (or the context is full)
+    new_tokens: int
+    forwarded_tokens: int
+
+
+@torch.no_grad()
+def generate_batch(model: Any, tokenizer: Any, prompts: list, texts: list[str], *, temperature: float = 0.0,
+                   top_p: float = 1.0, generators: list[torch.Generator] | None = None,
+                   max_new_tokens: int = 128, stop: Callable[[int, str], bool] | None = None) -> list[PassResult]:
+    """One generation pass for many rows at once: row ``k`` continues ``render_prompt(prompts[k]) +
+    texts[k]`` (tokenized whole, as ``TurnWriter`` does) until it ends its turn, samples
+    ``max_new_tokens`` tokens, or ``stop(k, text)`` is true after a token. Rows are left-padded into
+    one batch with explicit position ids; a row that stops leaves the batch (and the KV cache,
+    ``batch_select_indices``), so the pass costs what its longest row needs. Sampling per row uses
+    ``generators[k]``, so a row's tokens do not depend on the other rows (greedy ones may, at
+    floating-point ties, through padding).
+    """
+    n = len(prompts)
+    if n == 0:
+        return []
+    generators = generators or [torch.Generator().manual_seed(0) for _ in range(n)]
+    stop_ids = stop_token_ids(model, tokenizer)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # noqa: E731
+    ids, skips = [], []
+    for prompt, text in zip(prompts, texts):
+        lead, prompt_text = leading_special_ids(tokenizer, prompt), render_prompt(tokenizer, prompt)
+        ids.append(lead + tokenizer(prompt_text + text, add_special_tokens=False)["input_ids"])
+        skips.append(len(decode(lead)) + len(prompt_text))
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model.device
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # (n, t) left-padded
+    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (n, v)
+    results = [PassResult(texts[k], False, False, 0, len(ids[k])) for k in range(n)]
+    active = list(range(n))  # rows still in the batch, in cache order
+    for step in range(max_new_tokens):
+        tokens, keep = [], []
+        for j, k in enumerate(active):
+            token = sample_token(logits[j], temperature=temperature, top_p=top_p, generator=generators[k])
+            results[k].new_tokens += 1
+            if token in stop_ids:
+                results[k].ended = True
+                continue
+            ids[k].append(token)
+            results[k].text = decode(ids[k])[skips[k]:]
+            if stop is not None and stop(k, results[k].text):
+                continue
+            tokens.append(token)
+            keep.append(j)
+        active = [active[j] for j in keep]
+        if not active or step == max_new_tokens - 1:
+            break
+        if len(keep) < attention.shape[0]:
+            cache.batch_select_indices(torch.tensor(keep, device=device))
+            attention, positions = attention[keep], positions[keep]
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=attention,
+                    position_ids=positions, past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        for k in active:
+            results[k].forwarded_tokens += 1
+    for k in active:
+        results[k].exhausted = True
+    return results

@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace, *, evaluate: bool) -> int:
     start = time.time()
     records = run_tasks(model, tokenizer, family, tasks, out=args.out, budget=args.budget,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                        max_new_tokens=args.max_new_tokens, progress_label=f"steer {args.family}",
+                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        progress_label=f"steer {args.family}",
                         extra_meta={"model": model_id, "split": args.split})
     summary = summarize_by(records)
     if args.out:
@@ -132,6 +133,8 @@ def register(subparsers: Any) -> None:
         p.add_argument("--seed", type=int, default=0, help="sampling seed")
         p.add_argument("--task-seed", type=int, default=0, help="which prompts (order of the split)")
         p.add_argument("--max-new-tokens", type=int, default=128, help="per generation pass")
+        p.add_argument("--batch-size", type=int, default=32, help="prompts generated together (1: one at a time, "
+                       "keeping each prompt's KV cache across corrections)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--out", default=None, required=not evaluate,
                        help="trajectory JSONL (appended; prompts already in it are skipped)")

@@ -33,9 +33,77 @@ from typing import Any, Iterable
 
 import torch
 
-from localpref.generation import TurnWriter
+from localpref.generation import TurnWriter, generate_batch
 from localpref.stats import bootstrap_interval, wilson_interval
 from localpref.tasks import Task, TaskFamily
+
+
+def task_seed(seed: int, task_id: str) -> int:
+    """A per-task sampling seed: runs are reproducible and independent of the order of tasks."""
+    return zlib.crc32(f"{seed}/{task_id}".encode())
+
+
+class Trajectory:
+    """The loop's decisions for one task (steps 1-3 of the module docstring), fed the assistant text
+    after each generation pass; generation itself is the caller's (one ``TurnWriter``, or batched)."""
+
+    def __init__(self, family: TaskFamily, task: Task, tokenizer: Any, budget: int):
+        self.family, self.task, self.meta, self.tok, self.budget = family, task, task.meta, tokenizer, budget
+        self.steps: list[dict[str, Any]] = []
+        self.accepted_from, self.stopped, self.text = 0, "verified", ""
+        self.original: str | None = None
+        self.original_ended = False
+
+    def feed(self, text: str, *, ended: bool, exhausted: bool) -> str | None:
+        """The text after a pass; returns the text to resume from (correction spliced in), or None: done."""
+        family, meta, final = self.family, self.meta, ended or exhausted
+        self.text = text
+        if self.original is None:
+            self.original, self.original_ended = text, ended
+        offset = family.first_error(meta, text, final=final)
+        if offset is None:
+            return None if final else text  # a pass only stops early at an error: not reached
+        if offset < self.accepted_from:
+            raise RuntimeError(f"family {family.name!r} found an error in accepted text at {offset} of {text!r}")
+        if len(self.steps) >= self.budget:
+            self.stopped = "budget"
+            return None
+        stop = family.unit_stop(meta, text, offset, final=final)
+        rejected, rejected_ends_turn = text[offset:stop], ended and stop == len(text)
+        if not rejected and not rejected_ends_turn:
+            self.stopped = "max_new_tokens"  # out of tokens mid-answer: nothing the model wrote to reject
+            return None
+        corrected = family.correct(meta, text, offset, final=final)
+        fixed = text[:offset] + corrected
+        ends_turn = family.verify(meta, fixed)  # the correction completes a right answer: accept
+        step = {"accepted": text[self.accepted_from:offset], "rejected": rejected, "corrected": corrected,
+                "cost": {"chars": len(corrected),
+                         "tokens": len(self.tok(corrected, add_special_tokens=False)["input_ids"])}}
+        if rejected_ends_turn:
+            step["rejected_ends_turn"] = True
+        if ends_turn:
+            step["corrected_ends_turn"] = True
+        self.steps.append(step)
+        self.accepted_from = len(fixed)
+        if ends_turn:
+            self.text = fixed
+            return None
+        return fixed
+
+    def record(self, settings: dict[str, Any], **usage: Any) -> dict[str, Any]:
+        """The trajectory record (module docstring), once ``feed`` returned None."""
+        family, meta, text = self.family, self.meta, self.text
+        steps = self.steps + ([{"accepted": text[self.accepted_from:]}] if text[self.accepted_from:] else [])
+        verified = family.verify(meta, text) and self.stopped == "verified"
+        first = family.first_error(meta, self.original, final=True)
+        return {
+            "id": self.task.id, "prompt": self.task.prompt, "steps": steps, "final": text, "verified": verified,
+            "meta": {"task": meta, "original": self.original, "original_ended": self.original_ended,
+                     "first_error": None if first is None else {
+                         "offset": first, "unit": family.first_error_unit(meta, self.original, final=True)},
+                     "steers": len(self.steps), "stopped": "verified" if verified else self.stopped,
+                     "budget": self.budget, **settings, **usage},
+        }
 
 
 def _write_until_error(writer: TurnWriter, family: TaskFamily, meta: dict, *, stop_early: bool) -> None:
@@ -46,75 +114,56 @@ def _write_until_error(writer: TurnWriter, family: TaskFamily, meta: dict, *, st
             return
 
 
-def task_seed(seed: int, task_id: str) -> int:
-    """A per-task sampling seed: runs are reproducible and independent of the order of tasks."""
-    return zlib.crc32(f"{seed}/{task_id}".encode())
-
-
 def steer_task(model: Any, tokenizer: Any, family: TaskFamily, task: Task, *, budget: int,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                max_new_tokens: int = 128) -> dict[str, Any]:
-    """Run the steering loop on one task; returns its trajectory record (module docstring)."""
+    """Run the steering loop on one task with a ``TurnWriter`` (the KV cache is kept across
+    corrections); returns its trajectory record (module docstring)."""
     start = time.time()
-    meta = task.meta
     writer = TurnWriter(model, tokenizer, task.prompt, temperature=temperature, top_p=top_p,
                         seed=task_seed(seed, task.id), max_new_tokens=max_new_tokens)
-    _write_until_error(writer, family, meta, stop_early=False)
-    original, original_ended = writer.text, writer.ended
-    first = family.first_error(meta, original, final=True)
-    steps: list[dict[str, Any]] = []
-    accepted_from, stopped = 0, "verified"
-    text = original
-    while True:
-        offset = family.first_error(meta, text, final=writer.done)
-        if offset is None:
-            if writer.done:
-                break
-            _write_until_error(writer, family, meta, stop_early=True)  # unreachable in practice
-            text = writer.text
-            continue
-        if offset < accepted_from:
-            raise RuntimeError(f"family {family.name!r} found an error in accepted text at {offset} of {text!r}")
-        if len(steps) >= budget:
-            stopped = "budget"
-            break
-        stop = family.unit_stop(meta, text, offset, final=writer.done)
-        rejected = text[offset:stop]
-        rejected_ends_turn = writer.ended and stop == len(text)
-        if not rejected and not rejected_ends_turn:
-            stopped = "max_new_tokens"  # out of tokens mid-answer: nothing the model wrote to reject
-            break
-        corrected = family.correct(meta, text, offset, final=writer.done)
-        fixed = text[:offset] + corrected
-        ends_turn = family.verify(meta, fixed)  # the correction completes a right answer: accept
-        step = {"accepted": text[accepted_from:offset], "rejected": rejected, "corrected": corrected,
-                "cost": {"chars": len(corrected),
-                         "tokens": len(tokenizer(corrected, add_special_tokens=False)["input_ids"])}}
-        if rejected_ends_turn:
-            step["rejected_ends_turn"] = True
-        if ends_turn:
-            step["corrected_ends_turn"] = True
-        steps.append(step)
-        accepted_from = len(fixed)
-        if ends_turn:
-            text = fixed
-            break
-        writer.set_text(fixed)
-        _write_until_error(writer, family, meta, stop_early=True)
-        text = writer.text
-    if text[accepted_from:]:
-        steps.append({"accepted": text[accepted_from:]})
-    verified = family.verify(meta, text) and (stopped == "verified")
-    return {
-        "id": task.id, "prompt": task.prompt, "steps": steps, "final": text, "verified": verified,
-        "meta": {"task": meta, "original": original, "original_ended": original_ended,
-                 "first_error": None if first is None else {
-                     "offset": first, "unit": family.first_error_unit(meta, original, final=True)},
-                 "steers": sum("corrected" in s for s in steps), "stopped": stopped if not verified else "verified",
-                 "temperature": temperature, "top_p": top_p, "seed": seed, "budget": budget,
-                 "max_new_tokens": max_new_tokens, "new_tokens": writer.new_tokens,
-                 "forwarded_tokens": writer.forwarded_tokens, "seconds": round(time.time() - start, 3)},
-    }
+    trajectory = Trajectory(family, task, tokenizer, budget)
+    _write_until_error(writer, family, task.meta, stop_early=False)
+    resume = trajectory.feed(writer.text, ended=writer.ended, exhausted=writer.exhausted)
+    while resume is not None:
+        writer.set_text(resume)
+        _write_until_error(writer, family, task.meta, stop_early=True)
+        resume = trajectory.feed(writer.text, ended=writer.ended, exhausted=writer.exhausted)
+    settings = dict(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
+    return trajectory.record(settings, new_tokens=writer.new_tokens, forwarded_tokens=writer.forwarded_tokens,
+                             seconds=round(time.time() - start, 3))
+
+
+def steer_tasks_batched(model: Any, tokenizer: Any, family: TaskFamily, tasks: list[Task], *, budget: int,
+                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                        max_new_tokens: int = 128) -> list[dict[str, Any]]:
+    """``steer_task`` for many tasks at once: each generation pass runs all tasks that need one as
+    one left-padded batch (``localpref.generation.generate_batch``). The records are those of
+    ``steer_task`` up to floating-point ties; a resume re-reads its context in the batched prefill
+    instead of reusing a per-task cache, which costs little next to token-by-token decoding."""
+    start = time.time()
+    trajectories = [Trajectory(family, t, tokenizer, budget) for t in tasks]
+    generators = [torch.Generator().manual_seed(task_seed(seed, t.id)) for t in tasks]
+    usage = [{"new_tokens": 0, "forwarded_tokens": 0} for _ in tasks]
+    pending, stop_early = [(i, "") for i in range(len(tasks))], False
+    while pending:
+        rows = [i for i, _ in pending]
+        stop = (lambda k, text: family.first_error(tasks[rows[k]].meta, text, final=False) is not None) \
+            if stop_early else None
+        results = generate_batch(model, tokenizer, [tasks[i].prompt for i in rows], [t for _, t in pending],
+                                 temperature=temperature, top_p=top_p, generators=[generators[i] for i in rows],
+                                 max_new_tokens=max_new_tokens, stop=stop)
+        next_pending = []
+        for i, out in zip(rows, results):
+            usage[i]["new_tokens"] += out.new_tokens
+            usage[i]["forwarded_tokens"] += out.forwarded_tokens
+            resume = trajectories[i].feed(out.text, ended=out.ended, exhausted=out.exhausted)
+            if resume is not None:
+                next_pending.append((i, resume))
+        pending, stop_early = next_pending, True
+    seconds = round((time.time() - start) / max(1, len(tasks)), 3)  # the batch's time, shared out
+    settings = dict(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
+    return [t.record(settings, **u, seconds=seconds) for t, u in zip(trajectories, usage)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,10 +193,13 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Task], *,
-              out: str | os.PathLike | None = None, progress_label: str = "steer", show_progress: bool = True,
-              extra_meta: dict[str, Any] | None = None, **settings: Any) -> list[dict[str, Any]]:
-    """``steer_task`` over ``tasks``; with ``out``, each record is appended (flushed, fsynced) as it is
-    done and tasks already in ``out`` are skipped (a re-run resumes). Returns all records of these tasks."""
+              out: str | os.PathLike | None = None, batch_size: int = 32, progress_label: str = "steer",
+              show_progress: bool = True, extra_meta: dict[str, Any] | None = None,
+              **settings: Any) -> list[dict[str, Any]]:
+    """The steering loop over ``tasks``, ``batch_size`` at a time (``steer_tasks_batched``; 1: one
+    ``TurnWriter`` per task). With ``out``, each batch's records are appended (flushed, fsynced) as
+    they are done and tasks already in ``out`` are skipped, so a re-run resumes. Returns the records
+    of all ``tasks``, in their order."""
     from localpref.log import Progress
 
     tasks = list(tasks)
@@ -164,21 +216,30 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
                         enabled=show_progress)
     verified = sum(bool(done[t.id]["verified"]) for t in tasks if t.id in done)
     try:
-        for task in todo:
-            record = steer_task(model, tokenizer, family, task, **settings)
-            record["meta"].update(extra_meta or {})
-            done[task.id] = record
-            verified += record["verified"]
+        for lo in range(0, len(todo), batch_size):
+            chunk = todo[lo:lo + batch_size]
+            records = (steer_tasks_batched(model, tokenizer, family, chunk, **settings) if batch_size > 1
+                       else [steer_task(model, tokenizer, family, chunk[0], **settings)])
+            for record in records:
+                record["meta"].update(extra_meta or {})
+                done[record["id"]] = record
+                verified += record["verified"]
             if out is not None:
-                with open(out, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-            progress.update(verified=verified, steers=record["meta"]["steers"])
+                append_records(out, records)
+            progress.update(len(chunk), verified=verified)
     finally:
         progress.close()
         model.train(was_training)
     return [done[t.id] for t in tasks]
+
+
+def append_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append whole JSON lines, flushed and fsynced: a killed process loses at most the line in flight."""
+    with open(path, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,13 +307,3 @@ def flat_metrics(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)):
             out[f"{prefix}{k}"] = float(v)
     return out
-
-
-@torch.no_grad()
-def steering_eval(model: Any, tokenizer: Any, family: TaskFamily, tasks: list[Task], *, budget: int,
-                  max_new_tokens: int = 128, show_progress: bool = True) -> dict[str, Any]:
-    """Greedy steering on ``tasks`` without writing anything: ``summarize_by`` of the records."""
-    records = run_tasks(model, tokenizer, family, tasks, budget=budget, temperature=0.0,
-                        max_new_tokens=max_new_tokens, progress_label=f"steer eval {family.name}",
-                        show_progress=show_progress)
-    return summarize_by(records)

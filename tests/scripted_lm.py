@@ -17,13 +17,18 @@ from torch import nn
 
 
 class ScriptedCache:
-    """Holds the ids the model has seen; ``crop(-k)`` forgets the last ``k``, like ``DynamicCache.crop``."""
+    """Holds the ids each row has seen; ``crop(-k)`` forgets the last ``k`` (one row) and
+    ``batch_select_indices`` keeps some rows, like ``DynamicCache``."""
 
-    def __init__(self):
-        self.ids: list[int] = []
+    def __init__(self, rows: int):
+        self.rows: list[list[int]] = [[] for _ in range(rows)]
 
     def crop(self, n: int) -> None:
-        self.ids = self.ids[:n] if n >= 0 else self.ids[:len(self.ids) + n]
+        (ids,) = self.rows
+        self.rows = [ids[:n] if n >= 0 else ids[:len(ids) + n]]
+
+    def batch_select_indices(self, indices) -> None:
+        self.rows = [self.rows[i] for i in indices.tolist()]
 
 
 class ScriptedLM(nn.Module):
@@ -52,10 +57,13 @@ class ScriptedLM(nn.Module):
             return self.tok.eos_token_id
         return self.tok(rest, add_special_tokens=False)["input_ids"][0]
 
-    def forward(self, input_ids, past_key_values=None, use_cache=True, **_):
-        cache = past_key_values if past_key_values is not None else ScriptedCache()
-        cache.ids = cache.ids + input_ids[0].tolist()
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=True, **_):
+        b, t = input_ids.shape
+        cache = past_key_values if past_key_values is not None else ScriptedCache(b)
+        mask = attention_mask[:, -t:] if attention_mask is not None else torch.ones_like(input_ids)
+        logits = torch.full((b, t, len(self.tok)), -1e4)
+        for r in range(b):
+            cache.rows[r] += input_ids[r][mask[r].bool()].tolist()  # left padding is not context
+            logits[r, -1, self.next_token(cache.rows[r])] = 0.0
         self.calls += 1
-        logits = torch.full((1, input_ids.shape[1], len(self.tok)), -1e4)
-        logits[0, -1, self.next_token(cache.ids)] = 0.0
         return SimpleNamespace(logits=logits, past_key_values=cache)

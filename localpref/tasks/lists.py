@@ -109,12 +109,11 @@ class Lists(TaskFamily):
             nums = [int(x) for x in earlier if re.fullmatch(r"[+-]?\d+", x)]
             floor = p.get("x", p.get("lo", 0))
             lo = max([floor, *nums]) if nums else floor
+            top = p["hi"] if "hi" in p else 2 * max(lo, floor) + 10_000  # past any gap of our grids
             for start in (lo, floor):  # ascending if possible, else any unused valid number
-                v = start + 1
-                while v < start + 100_000:
+                for v in range(start + 1, top):
                     if RULES[rule].valid(p, str(v)) and str(v) not in used:
                         return str(v)
-                    v += 1
             raise ValueError(f"no valid unused item for {meta}")  # the grids always have room
         pool = (WORDS[p["letter"]] if rule == "words_starting" else
                 [c for c in COUNTRIES[p["continent"]] if c not in _TRANSCONTINENTAL])
