@@ -58,6 +58,8 @@ class DataConfig:
     n_train: Optional[int] = None  # cap on training steers (None: all)
     n_eval: Optional[int] = None  # cap on held-out steers (None: all)
     span: str = "hunk"  # what the span is: "hunk" | "continuation" | "completion" (see localpref.spans)
+    eval_span: Optional[str] = None  # span mode of the held-out steers' eval/span metrics (None: `span`);
+    # set it to compare runs that train on different spans on the same held-out spans
     context_after: int = 0  # extra tokens after the hunk kept in the span
     min_match: int = 1  # equal tokens in a row that end a hunk; shorter equal runs join it (localpref.spans)
     max_length: Optional[int] = 512  # longer: cut the tail after the span, then the left (README); no fit: on_error
@@ -166,6 +168,7 @@ _CHOICES = {
     "data.form": ("steers", "rewrites"),
     "steer_eval.split": ("pretrain", "train", "val", "heldout"),
     "data.span": ("hunk", "continuation", "completion"),
+    "data.eval_span": (None, "hunk", "continuation", "completion"),
     "data.on_error": ("raise", "skip"),
     "loss.objective": ("sft", "preference"),
     "loss.mask": ("span", "completion"),

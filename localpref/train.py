@@ -180,7 +180,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     from localpref.data.tokenize import tokenize_steers
 
     train_set, train_skipped = tokenize_steers(train_steers, tokenizer, **tok)
-    eval_set, eval_skipped = tokenize_steers(eval_steers, tokenizer, **tok)
+    eval_set, eval_skipped = tokenize_steers(eval_steers, tokenizer, **{**tok, "span": cfg.data.eval_span or cfg.data.span})
     data_stats = {"data/train_pairs": len(train_set), "data/eval_pairs": len(eval_set),
                   **{f"data/{k}": v for k, v in load_counts.items()},
                   **{f"data/skipped/{k}": v + load_counts.get(f"skipped/{k}", 0) for k, v in train_skipped.items()},

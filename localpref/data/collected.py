@@ -50,20 +50,20 @@ def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budge
                    on_error: OnError = "raise") -> tuple[SteerList, dict[str, float]]:
     """Steers of ``form`` from the first trajectories of ``path`` whose cost fits ``cost_budget``.
 
-    Returns the steers and what was taken: trajectories read and used, characters spent.
+    Returns the steers and what was taken: trajectories taken (within the budget, the file's
+    first ones) and used (those that gave steers), characters spent.
     A trajectory that would overrun the budget ends the selection (the file's order is kept, so
     a larger budget always holds a smaller one's data).
     """
     if form not in ("steers", "rewrites"):
         raise ValueError(f"form must be 'steers' or 'rewrites', got {form!r}")
     out = SteerList(source=str(path))
-    spent = used = read = 0
+    spent = used = taken = 0
     for line, record in iter_jsonl(path, on_error=on_error, skipped=out.skipped):
-        read += 1
         cost = trajectory_cost(record, form)
         if cost_budget is not None and spent + cost > cost_budget:
             break
-        spent += cost
+        spent, taken = spent + cost, taken + 1
         if form == "steers":
             steers = steers_from_record(record)
         elif record["meta"]["first_error"] is not None:
@@ -76,4 +76,4 @@ def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budge
         for steer in steers:
             steer.origin = (str(path), line)
         out.extend(steers)
-    return out, {"trajectories_read": read, "trajectories_used": used, "chars": spent}
+    return out, {"trajectories_taken": taken, "trajectories_used": used, "chars": spent}

@@ -1,0 +1,436 @@
+"""Which loss makes a model need the fewest steers, at equal annotation cost?
+
+    python experiments/fewest_steers/run.py --out results/fewest_steers            # all parts (hours, 2 cores)
+    python experiments/fewest_steers/run.py --out /tmp/fs --quick                   # every code path, minutes
+    python experiments/fewest_steers/analyze.py results/fewest_steers               # tables, figures -> paper/
+
+Parts (``--parts``): ``tiny-lists`` and ``tiny-arith`` (the families' tiny task models, full
+fine-tuning, many seeds, curves over annotation budgets, iterated rounds), ``smollm2-lists``
+(SmolLM2-135M-Instruct + LoRA), ``defacto`` (SmolLM2 + LoRA on real human corrections of summaries).
+
+Per task part (tiny-*, smollm2-*), in order (each stage resumable: a job whose ``result.json``
+exists is skipped, so rerunning the command continues where it stopped):
+
+1. ``base``: the base model's greedy steering on val and heldout prompts (``localpref.steering``).
+2. ``collect``: per seed, the base model steers on train prompts (sampled at ``temperature``), and
+   held-out steers on val and heldout prompts (for the preference metrics of the trainer).
+3. ``variant``: the small study choosing method 7 among localized variants aimed at likelihood
+   displacement (``VARIANTS``): each at the grid's middle learning rate, seed 0, on val.
+4. ``tune``: every method x every learning rate of ``lr_grid`` (the same grid, hence the same
+   tuning budget, for every method), seed 0, main budget, evaluated on **val** prompts; the
+   learning rate with the fewest steers per verified output wins (ties: higher pass rate).
+5. ``final``: every method at its learning rate x ``seeds`` x ``budgets``, evaluated once on
+   **heldout** prompts (never used for any choice).
+6. ``iterate``: the two best methods on val: round 1 trains on the first half of the budget, the
+   round-1 model collects new steers on train prompts round 1 did not use, round 2 trains it on
+   the other half; compared in the analysis with one round at the whole budget (same cost).
+
+``defacto``: DeFacto train rows -> steers (first correction) and rewrites; each method trains at the
+same annotation budget and is evaluated once on the **test** split (preference metrics only).
+
+Every run's config, metrics and a ``result.json`` (what analyze.py reads) land under
+``OUT/<part>/runs/<stage>/<name>/``; ``OUT/timing.jsonl`` records the wall-clock of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+# What each method changes in conf/experiment/fewest_steers.yaml (one config group per choice).
+METHODS: dict[str, list[str]] = {
+    "sft_span": ["loss=sft", "loss.mask=span"],                      # 1 SFT on the corrected spans
+    "sft_rewrite": ["loss=sft", "data.form=rewrites"],               # 2 SFT on fully corrected outputs
+    "dpo_rewrite": ["loss=dpo", "data.form=rewrites"],               # 3 DPO: model output vs rewrite
+    "localized": ["loss=localized"],                                 # 4 localized DPO (hunk spans)
+    "localized_anchor": ["loss=localized_anchor"],                   # 5 + SFT anchor on the span
+    "step_dpo": ["loss=localized", "data.span=continuation"],        # 6 Step-DPO: whole continuation
+}
+# Candidates for method 7, aimed at the corrected span becoming *less* likely under plain localized DPO.
+VARIANTS: dict[str, list[str]] = {
+    "apo_zero": ["loss=localized", "loss.loss_type=apo_zero"],      # pushes chosen up, rejected down
+    "anchor_strong": ["loss=localized_anchor", "loss.sft_weight=1.0"],  # the NLL anchor at full weight
+    "mean": ["loss=localized_mean"],                                 # token-averaged log-ratios
+    "ipo": ["loss=localized_ipo"],                                   # squared loss, bounded margins
+}
+
+
+@dataclass
+class Part:
+    """One model x data setting of the experiment."""
+
+    name: str
+    family: str | None  # task family (None: defacto)
+    model: list[str]  # model/peft/reference overrides
+    lr_grid: list[float]
+    seeds: list[int]
+    budgets: list[float]  # annotation budgets as shares of the main collection's steer cost
+    n_train: int  # train prompts to collect on (or DeFacto train rows)
+    n_val: int
+    n_heldout: int
+    temperature: float = 1.0  # collection sampling temperature
+    steer_budget: int = 4  # steers per prompt
+    max_new_tokens: int = 96
+    gen_batch: int = 64
+    trainer: list[str] = field(default_factory=list)
+    micro_batch: int = 16  # pairs per step (fewer when a budget buys fewer)
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # (quick runs: fewer)
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    tune: bool = True  # variant study and learning-rate sweep on val (else: lr_grid[0], tiny-lists' variant)
+    iterate: bool = True  # iterated on-policy rounds
+    tiny_steps: int | None = None  # quick runs: a cheaper tiny task model
+
+
+def parts(quick: bool) -> dict[str, Part]:
+    tiny_trainer = ["trainer.max_steps=100", "trainer.warmup_steps=10"]
+    smol = ["model=smollm2-135m", "peft=lora", "reference=adapter_disabled"]
+    full = {
+        "tiny-lists": Part("tiny-lists", "lists", ["model=tiny_task", "model.family=lists"], [1e-5, 3e-5, 1e-4, 3e-4],
+                           [0, 1, 2], [0.25, 0.5, 1.0], 267, 102, 126, trainer=tiny_trainer),
+        "tiny-arith": Part("tiny-arith", "arith", ["model=tiny_task", "model.family=arith"], [1e-5, 3e-5, 1e-4, 3e-4],
+                           [0, 1, 2], [0.25, 0.5, 1.0], 300, 100, 125, trainer=tiny_trainer, max_new_tokens=128),
+        # SmolLM2 costs ~2 core-seconds per training pair on CPU: one learning rate per method (not
+        # tuned; LoRA's usual 5e-4), the variant chosen on tiny-lists, no iterated rounds.
+        "smollm2-lists": Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 48,
+                              temperature=0.7, gen_batch=48, micro_batch=8, tune=False, iterate=False,
+                              trainer=["trainer.max_steps=16", "trainer.warmup_steps=2"]),
+        "defacto": Part("defacto", None, smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 48, micro_batch=4,
+                        methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor"], variants=[],
+                        trainer=["trainer.max_steps=12", "trainer.warmup_steps=2", "data.max_length=384",
+                                 "trainer.eval_batch_size=4"]),
+    }
+    if not quick:
+        return full
+    # Quick: every code path once, on tiny sizes (tiny-lists: all methods, two learning rates, two
+    # budgets, two seeds; the other parts only what differs in them: their model and data).
+    q = dict(seeds=[0], budgets=[1.0], n_train=12, n_val=6, n_heldout=6, max_new_tokens=24, gen_batch=16,
+             lr_grid=[1e-4], tiny_steps=40, methods=["localized", "dpo_rewrite"], variants=["apo_zero"])
+    out = {k: replace(p, **q, trainer=[*p.trainer, "trainer.max_steps=2"]) for k, p in full.items()}
+    out["tiny-lists"] = replace(out["tiny-lists"], lr_grid=[1e-4, 3e-4], budgets=[0.5, 1.0], seeds=[0, 1],
+                                methods=list(METHODS), variants=list(VARIANTS))
+    for name in ("smollm2-lists", "defacto"):  # SmolLM2 steps are slow on CPU: one step of two pairs
+        out[name] = replace(out[name], methods=["localized"], n_train=8, n_heldout=4, micro_batch=2,
+                            trainer=[*full[name].trainer, "trainer.max_steps=1"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs: plain functions of JSON-able arguments, run in worker processes
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # workers share the cores; one thread each avoids oversubscription
+
+
+def _model_dir(part: dict) -> str | None:
+    if part["family"] is None or not part["model"][0].startswith("model=tiny_task"):
+        return None
+    from localpref.tasks.pretrain import TinySpec, task_model_dir
+
+    spec = TinySpec() if part["tiny_steps"] is None else TinySpec(steps=part["tiny_steps"], warmup_steps=5)
+    return str(task_model_dir(part["family"], spec))
+
+
+def job_model_info(part: dict, out: str) -> dict:
+    """Build (or find) the part's tiny task model; keep its pretrain.json (size, loss, wall-clock)."""
+    info = json.loads((Path(_model_dir(part)) / "pretrain.json").read_text())
+    info = {k: v for k, v in info.items() if k != "loss"} | {"final_loss": info["loss"][-1]}
+    Path(out).write_text(json.dumps(info, indent=1))
+    return info
+
+
+def model_overrides(part: dict) -> list[str]:
+    """The part's model overrides; a quick tiny model is passed as a folder."""
+    folder = _model_dir(part)
+    return ["model=local", f"model.path={folder}"] if folder and part["tiny_steps"] else list(part["model"])
+
+
+def job_collect(part: dict, split: str, n: int, seed: int, temperature: float, out: str,
+                model_path: str | None = None, skip: int = 0) -> dict:
+    """Steering trajectories of the base model (or ``model_path``) on the first ``n`` prompts of
+    ``split``, leaving out the first ``skip`` of them."""
+    from localpref.steer_cli import load_generation_model
+    from localpref.steering import run_tasks, summarize_by
+    from localpref.tasks import get_family
+
+    family = get_family(part["family"])
+    folder = _model_dir(part)
+    spec = model_path or (folder if folder else ("smollm2" if "smollm2" in " ".join(part["model"]) else "tiny"))
+    model, tokenizer, model_id = load_generation_model(spec, part["family"])
+    tasks = family.tasks(split, n=n)[skip:]
+    records = run_tasks(model, tokenizer, family, tasks, out=out, budget=part["steer_budget"],
+                        temperature=temperature, seed=seed, max_new_tokens=part["max_new_tokens"],
+                        batch_size=part["gen_batch"], progress_label=f"{part['name']} collect {split} s{seed}",
+                        extra_meta={"model": model_id, "split": split})
+    summary = summarize_by(records)
+    Path(out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
+    return summary["all"]
+
+
+def job_train(run_dir: str, overrides: list[str], info: dict) -> dict:
+    """One training run (``localpref.train.train``); writes ``result.json`` = info + final metrics."""
+    from hydra import compose, initialize_config_dir
+
+    from localpref.train import CONF_DIR, train
+
+    start = time.time()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=fewest_steers", f"run_dir={run_dir}", *overrides])
+    metrics = train(cfg)
+    from localpref.log import read_metrics
+
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if "eval/span/logp_accuracy" in r]
+    data = next(r for r in rows if "data/train_pairs" in r)
+    result = {**info, "overrides": overrides, "seconds": round(time.time() - start, 1), "metrics": metrics,
+              "before": {k: v for k, v in evals[0].items() if k.startswith("eval/")},
+              "data": {k: v for k, v in data.items() if k.startswith("data/")}}
+    (Path(run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def job_import_defacto(defacto_dir: str, out: str, n_train: int) -> dict:
+    """DeFacto -> steer files: the first correction of each row (``steers``) and the whole corrected
+    summary against the model's (``rewrites``), each priced at the characters a person typed: the
+    first hunk's replacement for a steer, the whole summary for a rewrite. Training files take the
+    first ``n_train`` train rows as steers, and as many rewrites as that budget pays for."""
+    from localpref.data.importers import steers_from_defacto, word_hunks
+    from localpref.data.load import iter_jsonl, write_steers
+    from localpref.data.schema import Steer
+
+    counts: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        steers, rewrites = [], []
+        for line, row in iter_jsonl(Path(defacto_dir) / f"{split}.jsonl"):
+            first = steers_from_defacto([row], split=split, on_error="skip").steers
+            if not first:
+                continue  # no correction, or a correction that makes no valid steer (counted by the importer)
+            candidate, summary = row["candidate"].strip(), row["feedback"]["summary"].strip()
+            steer = first[0]
+            steer.meta = {**steer.meta, "cost": len(word_hunks(candidate, summary)[0].replacement)}
+            steers.append(steer)
+            rewrites.append(Steer(prompt=steer.prompt, prefix="", rejected=candidate, corrected=summary,
+                                  id=f"{steer.id}/rewrite", corrected_ends_turn=True, rejected_ends_turn=True,
+                                  meta={**steer.meta, "cost": len(summary)}))
+        write_steers(steers, Path(out) / f"{split}.jsonl")
+        counts[split] = len(steers)
+        if split == "train":
+            budget = sum(s.meta["cost"] for s in steers[:n_train])
+            spent, paid = 0, []
+            for r in rewrites:
+                if spent + r.meta["cost"] > budget:
+                    break
+                spent += r.meta["cost"]
+                paid.append(r)
+            write_steers(steers[:n_train], Path(out) / "train_steers.jsonl")
+            write_steers(paid, Path(out) / "train_rewrites.jsonl")
+            counts.update(budget_chars=budget, train_steers=n_train, train_rewrites=len(paid),
+                          rewrite_chars=spent)
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages
+
+
+class Runner:
+    """Runs jobs in a process pool, skipping finished ones, and records each stage's wall-clock."""
+
+    def __init__(self, out: Path, jobs: int):
+        self.out, self.jobs = out, jobs
+        self.pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) if jobs > 1 else None
+
+    def map(self, fn, calls: list[tuple]) -> list:
+        if self.pool is None:
+            _init_worker()
+            return [fn(*c) for c in calls]
+        return list(self.pool.map(fn, *zip(*calls))) if calls else []
+
+    def stage(self, part: str, stage: str, fn, calls: list[tuple]) -> list:
+        start = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] {part}/{stage}: {len(calls)} jobs", flush=True)
+        results = self.map(fn, calls)
+        with open(self.out / "timing.jsonl", "a") as f:
+            f.write(json.dumps({"part": part, "stage": stage, "jobs": len(calls),
+                                "seconds": round(time.time() - start, 1)}) + "\n")
+        return results
+
+
+def _done(run_dir: Path) -> dict | None:
+    f = run_dir / "result.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _score(result: dict) -> tuple[float, float]:
+    """Lower is better: steers per verified output, then minus the pass rate."""
+    m = result["metrics"]
+    return m.get("eval/steer/steers_per_verified", float("inf")), -m.get("eval/steer/pass_rate", 0.0)
+
+
+def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> list[dict]:
+    """Train runs of ``specs`` ({name, overrides, info}) not yet done; returns all their results."""
+    root = runner.out / part.name / "runs" / stage
+    todo = [(str(root / s["name"]), s["overrides"], {**s["info"], "part": part.name, "stage": stage, "name": s["name"]})
+            for s in specs if _done(root / s["name"]) is None]
+    runner.stage(part.name, stage, job_train, todo)
+    return [_done(root / s["name"]) for s in specs]
+
+
+def run_task_part(runner: Runner, part: Part) -> None:
+    d, p = runner.out / part.name, asdict(part)
+    collect = d / "collect"
+    # 1-2. base model steering on val/heldout (greedy) and collections per seed.
+    calls = [(p, split, n, 0, 0.0, str(d / "base" / f"{split}.jsonl")) for split, n in
+             (("val", part.n_val), ("heldout", part.n_heldout))]
+    calls += [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
+              for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
+                                                      ("heldout", part.n_heldout)) if n]
+    calls = [c for c in calls if c[2]]  # no val prompts where nothing is tuned
+    calls = [c for c in calls if not Path(c[-1]).with_suffix(".summary.json").exists()]
+    runner.stage(part.name, "collect", job_collect, calls)
+    full_cost = {s: sum(sum(st.get("cost", {}).get("chars", 0) for st in json.loads(line)["steps"])
+                        for line in open(collect / f"train_s{s}.jsonl")) for s in part.seeds}
+    model = model_overrides(p) + [f"trainer.micro_batch_size={part.micro_batch}"]
+    from localpref.data.collected import load_collected
+
+    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=()):
+        s = part.seeds[0] if eval_seed is None else eval_seed
+        form = "rewrites" if "data.form=rewrites" in method_ovs else "steers"
+        pairs = len(load_collected(collect / f"train_s{seed}.jsonl", form=form,
+                                   cost_budget=int(budget * full_cost[seed]))[0])
+        micro = [f"trainer.micro_batch_size={pairs}"] if pairs < part.micro_batch else []  # a small budget
+        return {"name": name, "info": {"method": name.split("@")[0], "seed": seed, "budget": budget, "lr": lr,
+                                       "eval_split": split, "budget_chars": int(budget * full_cost[seed])},
+                "overrides": [*model, *part.trainer, *method_ovs, "data=collected",
+                              f"data.path={collect / f'train_s{seed}.jsonl'}",
+                              f"data.eval_path={collect / f'{split}_s{s}.jsonl'}",
+                              f"data.cost_budget={int(budget * full_cost[seed])}", f"trainer.lr={lr}",
+                              f"seed={seed}", f"steer_eval.family={part.family}", f"steer_eval.split={split}",
+                              f"steer_eval.n={part.n_val if split == 'val' else part.n_heldout}",
+                              f"steer_eval.budget={part.steer_budget}",
+                              f"steer_eval.max_new_tokens={part.max_new_tokens}", *micro, *extra]}
+
+    main_budget, mid_lr, s0 = max(part.budgets), part.lr_grid[len(part.lr_grid) // 2], part.seeds[0]
+    if part.tune:
+        # 3. the variant study (method 7).
+        results = train_jobs(runner, part, "variant", [spec(f"{v}@{mid_lr}", VARIANTS[v], s0, main_budget, mid_lr,
+                                                            "val") for v in part.variants])
+        best_variant = min(results, key=_score)["method"]
+        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers per verified output"}))
+    else:  # the choice made on the tiny model of the same family
+        chosen_file = runner.out / f"tiny-{part.family}" / "variant.json"
+        best_variant = json.loads(chosen_file.read_text())["chosen"] if chosen_file.exists() else part.variants[0]
+        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": f"taken from {chosen_file.parent.name}"}))
+    methods = {**{m: METHODS[m] for m in part.methods}, "variant": VARIANTS[best_variant]}
+    if part.tune:
+        # 4. tuning: same learning-rate grid for every method, on val.
+        results = train_jobs(runner, part, "tune", [spec(f"{m}@{lr}", ovs, s0, main_budget, lr, "val")
+                                                    for m, ovs in methods.items() for lr in part.lr_grid])
+        best = {m: min((r for r in results if r["method"] == m), key=_score) for m in methods}
+        chosen = {m: r["lr"] for m, r in best.items()}
+    else:
+        chosen = {m: part.lr_grid[0] for m in methods}
+    (d / "tuned.json").write_text(json.dumps({"lr": chosen, "variant": best_variant, "tuned": part.tune}, indent=1))
+    # 5. final: every method, seeds x budgets, on heldout (read once per run, never for a choice).
+    train_jobs(runner, part, "final", [spec(f"{m}@b{b}@s{seed}", methods[m], seed, b, chosen[m], "heldout",
+                                            eval_seed=seed)
+                                       for m in methods for seed in part.seeds for b in part.budgets])
+    # 6. iterated on-policy rounds for the two best methods on val.
+    if part.iterate:
+        top2 = [m for m, _ in sorted(best.items(), key=lambda kv: _score(kv[1]))[:2]]
+        run_rounds(runner, part, spec, methods, chosen, top2, main_budget, full_cost)
+
+
+def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget, full_cost) -> None:
+    """Round 1 at half the budget (exported), round-1 model collects on the unused train prompts,
+    round 2 trains the round-1 model on half the budget of that collection."""
+    d, p = runner.out / part.name, asdict(part)
+    half = budget / 2
+    specs = [spec(f"{m}@round1@s{seed}", methods[m], seed, half, chosen[m], "heldout", eval_seed=seed,
+                  extra=["trainer.export=true"]) for m in top2 for seed in part.seeds]
+    round1 = train_jobs(runner, part, "iterate", specs)
+    calls = []
+    for r in round1:
+        run_dir = d / "runs" / "iterate" / r["name"]
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        out = d / "collect" / f"round2_{r['method']}_s{r['seed']}.jsonl"
+        if not out.with_suffix(".summary.json").exists():  # the prompts round 1 did not pay for
+            calls.append((p, "train", part.n_train, r["seed"] + 100, part.temperature, str(out),
+                          str(run_dir / "export"), int(first["data/collected/trajectories_taken"])))
+    runner.stage(part.name, "iterate-collect", job_collect, calls)
+    specs = []
+    for r in round1:
+        run_dir = d / "runs" / "iterate" / r["name"]
+        data = d / "collect" / f"round2_{r['method']}_s{r['seed']}.jsonl"
+        s = spec(f"{r['method']}@round2@s{r['seed']}", methods[r["method"]], r["seed"], half, chosen[r["method"]],
+                 "heldout", eval_seed=r["seed"])
+        s["overrides"] = [o for o in s["overrides"] if not o.startswith(("model=", "model.", "data.path="))]
+        s["overrides"] += ["model=local", f"model.path={run_dir / 'export'}", f"data.path={data}"]
+        s["info"]["round"] = 2
+        specs.append(s)
+    train_jobs(runner, part, "iterate", specs)
+
+
+def run_defacto(runner: Runner, part: Part, defacto_dir: str) -> None:
+    d = runner.out / part.name
+    data = d / "data"
+    if not (data / "train_steers.jsonl").exists():
+        counts = runner.stage(part.name, "import", job_import_defacto, [(defacto_dir, str(data), part.n_train)])[0]
+        (d / "data.json").write_text(json.dumps(counts, indent=1))
+    forms = {"sft_rewrite": "train_rewrites.jsonl", "dpo_rewrite": "train_rewrites.jsonl"}
+    methods = {**{m: METHODS[m] for m in part.methods}, **{f"variant_{k}": VARIANTS[k] for k in part.variants[:2]}}
+    specs = []
+    for m, ovs in methods.items():
+        ovs = [o for o in ovs if not o.startswith("data.form")]
+        for seed in part.seeds:
+            specs.append({"name": f"{m}@s{seed}", "info": {"method": m, "seed": seed, "lr": part.lr_grid[0],
+                                                            "eval_split": "test"},
+                          "overrides": [*part.model, *part.trainer, *ovs, "data=jsonl",
+                                        f"data.path={data / forms.get(m, 'train_steers.jsonl')}",
+                                        f"data.eval_path={data / 'test.jsonl'}", f"data.n_eval={part.n_heldout}",
+                                        f"trainer.lr={part.lr_grid[0]}", f"seed={seed}",
+                                        f"trainer.micro_batch_size={part.micro_batch}"]})
+    train_jobs(runner, part, "final", specs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: every code path in minutes")
+    parser.add_argument("--parts", nargs="+", default=["tiny-lists", "tiny-arith", "smollm2-lists", "defacto"],
+                        help="which parts, in order (smollm2-lists takes method 7 from tiny-lists)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    parser.add_argument("--defacto", default=str(Path(os.environ.get("LOCALPREF_SHARED", "../shared")) / "data" / "defacto"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = parts(args.quick)
+    (args.out / "settings.json").write_text(json.dumps({"quick": args.quick, "parts": {
+        k: asdict(table[k]) for k in args.parts}, "methods": METHODS, "variants": VARIANTS}, indent=1))
+    runner = Runner(args.out, args.jobs)
+    start = time.time()
+    for name in args.parts:
+        part = table[name]
+        if part.family is None:
+            run_defacto(runner, part, args.defacto)
+        else:
+            if part.model[0] == "model=tiny_task":  # built once, before the workers need it
+                (args.out / name).mkdir(exist_ok=True)
+                runner.stage(part.name, "pretrain", job_model_info, [(asdict(part), str(args.out / name / "model.json"))])
+            run_task_part(runner, part)
+    with open(args.out / "timing.jsonl", "a") as f:
+        f.write(json.dumps({"part": "all", "stage": "all", "seconds": round(time.time() - start, 1),
+                            "quick": args.quick}) + "\n")
+    print(f"done in {(time.time() - start) / 60:.1f} min: {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
