@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from localpref.page.app import Served, create_app
+    from localpref.page.review import prepare_output
     from localpref.page.session import Sampling
 
     if args.host not in LOOPBACK_HOSTS:
@@ -134,6 +135,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
     port = sock.getsockname()[1]
+    try:  # also before loading the model
+        warning = prepare_output(Path(args.out))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device)
     served = Served(model, tokenizer, model_id, threading.Lock())
     compare = None
@@ -145,11 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(served, args.out, defaults=defaults, span=args.span, max_length=args.max_length,
                          compare=compare, allowed_hosts=list(LOOPBACK_HOSTS) if args.host in LOOPBACK_HOSTS else None)
-    except ValueError as e:
+    except ValueError as e:  # e.g. --max-new-tokens out of range
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for warning in app.state.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"steering page: http://{host}:{port}/  model {model_id}"
           + (f", compare with {compare.model_id}" if compare else "")

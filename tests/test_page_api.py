@@ -266,3 +266,14 @@ def test_compare_answers_the_same_prompt_with_the_same_seed(served, smollm2_toke
             assert "".join(x["piece"] for x in messages[:-1] if x["side"] == side) == done[side]["text"]
             assert done[side]["text"] == alone(m, seed=4, temperature=1.0)
         assert (done["a"]["text"] == done["b"]["text"]) == same
+
+
+def test_the_page_script_never_writes_html():
+    """The browser test shows payloads stay text; this keeps every other path in page.js honest."""
+    from localpref.page.app import STATIC
+
+    script = (STATIC / "page.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                 "setAttribute(\"on", ".src =", ".href ="):
+        assert sink not in script, sink
+    assert "<script" not in (STATIC / "index.html").read_text().replace('<script src="/static/page.js"></script>', "")

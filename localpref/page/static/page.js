@@ -14,6 +14,8 @@ function el(tag, className, ...children) {
   return node;
 }
 
+const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 // Make whitespace inside trained tokens visible, as `localpref data inspect` does.
 const visible = (text) => text.replace(/\n/g, "⏎\n").replace(/\t/g, "⇥");
 
@@ -102,7 +104,8 @@ function renderFacts() {
   }
   const s = current.sampling;
   $("facts").textContent = `${current.status} · temperature ${s.temperature} · top-p ${s.top_p} · seed ${s.seed}` +
-    ` · ${current.new_tokens} tokens sampled · ${current.steers} corrections · ${current.chars_typed} characters typed`;
+    ` · ${count(current.new_tokens, "token")} sampled · ${count(current.steers, "correction")}` +
+    ` · ${count(current.chars_typed, "character")} typed`;
 }
 
 function updateButtons() {
@@ -194,7 +197,8 @@ async function resume() {
 async function finish(action) {
   try {
     const result = await api(`/api/sessions/${current.id}/${action}`, {});
-    say(action === "accept" ? `saved ${result.id} to ${result.saved} (${result.steers} corrections)` : "discarded");
+    say(action === "accept" ? `saved ${result.id} to ${result.saved} (${count(result.steers, "correction")})`
+                            : "discarded");
   } catch (error) {
     say(error.message, true);
     return;
@@ -269,7 +273,8 @@ async function loadReview() {
     return;
   }
   const skipped = Object.entries(data.skipped).map(([reason, n]) => `${reason} ${n}`).join(", ");
-  $("review-summary").textContent = `${data.file}: ${data.valid_records} trajectories, ${data.steers} steers` +
+  $("review-summary").textContent = `${data.file}: ${data.valid_records} ${data.valid_records === 1 ? "trajectory" : "trajectories"}, ` +
+    `${count(data.steers, "steer")}` +
     ` (${data.without_corrections} without corrections)` + (skipped ? `; skipped lines: ${skipped}` : "") +
     `. Highlighted: the tokens each steer trains on (span mode ${data.span}), as localpref data inspect shows them.` +
     (data.shown < data.records ? ` Showing the last ${data.shown}.` : "");
