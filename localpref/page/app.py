@@ -44,7 +44,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from localpref.data.errors import SteerError
 from localpref.data.load import validate_prompt
 from localpref.generation import TurnWriter
-from localpref.page.review import delete_line, prepare_output, review
+from localpref.page.review import delete_line, prepare_output, review as review_file
 from localpref.page.session import PageError, PageSession, Sampling
 from localpref.steering import append_record
 
@@ -171,13 +171,24 @@ def _step_writer(writer: TurnWriter, lock: threading.Lock) -> str | None:
 # The app
 
 
+async def _page_error(request: Any, e: PageError) -> JSONResponse:
+    return JSONResponse({"detail": e.message}, status_code=e.status)
+
+
+async def _invalid(request: Any, e: RequestValidationError) -> JSONResponse:
+    """422 with one readable line per problem: ``temperature: Input should be ...``."""
+    where = lambda loc: ".".join(str(x) for x in loc if x not in ("body", "path")) or "body"  # noqa: E731
+    return JSONResponse({"detail": "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())},
+                        status_code=422)
+
+
 def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = None, span: str = "hunk",
                max_length: int | None = None, compare: Served | None = None,
                allowed_hosts: list[str] | None = None, max_sessions: int = 16) -> FastAPI:
     """The app for one model and one output file (fixed here, never taken from a request).
 
     ``defaults.max_new_tokens`` is also the most a request may ask for. ``allowed_hosts``: Host
-    header values accepted (None: any). Prints nothing; ``warnings`` on the app lists what
+    header values accepted (None: any). Prints nothing; ``app.state.warnings`` lists what
     preparing the output file did (a torn last line cut).
     """
     out, defaults = Path(out), defaults or Sampling()
@@ -186,40 +197,61 @@ def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = N
     warning = prepare_output(out)
     app = FastAPI(title="localpref steer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.warnings = [warning] if warning else []
-    sessions: OrderedDict[str, PageSession] = OrderedDict()
-    file_lock = threading.Lock()  # appends and deletes, one at a time
-
     app.add_middleware(Guard)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_exception_handler(PageError, _page_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    routes = Routes(served, out, defaults=defaults, span=span, max_length=max_length, compare=compare,
+                    max_sessions=max_sessions)
+    app.add_api_route("/", routes.index, methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_api_route("/api/info", routes.info, methods=["GET"])
+    app.add_api_route("/api/sessions", routes.new_session, methods=["POST"])
+    for action in ("generate", "stop", "correct", "accept", "discard"):
+        app.add_api_route(f"/api/sessions/{{sid}}/{action}", getattr(routes, action), methods=["POST"])
+    app.add_api_route("/api/review", routes.review, methods=["GET"])
+    app.add_api_route("/api/review/delete", routes.delete, methods=["POST"])
+    app.add_api_route("/api/compare", routes.compare, methods=["POST"])
+    return app
 
-    @app.exception_handler(PageError)
-    async def _page_error(request: Any, e: PageError) -> JSONResponse:
-        return JSONResponse({"detail": e.message}, status_code=e.status)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Any, e: RequestValidationError) -> JSONResponse:
-        where = lambda loc: ".".join(str(x) for x in loc if x not in ("body", "path")) or "body"  # noqa: E731
-        return JSONResponse({"detail": "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())},
-                            status_code=422)
+class Routes:
+    """The route handlers (``create_app`` binds them), over the sessions and the output file.
 
-    def sampling(req: GenerateRequest) -> tuple[Any, Sampling]:
-        if req.max_new_tokens is not None and req.max_new_tokens > defaults.max_new_tokens:
-            raise PageError(422, f"max_new_tokens: at most {defaults.max_new_tokens} (the server's --max-new-tokens)")
+    ``sessions`` is touched only from handlers running on the event loop (never from a worker
+    thread), so it needs no lock; work that blocks (the model, the file) runs in the threadpool.
+    """
+
+    def __init__(self, served: Served, out: Path, *, defaults: Sampling, span: str, max_length: int | None,
+                 compare: Served | None, max_sessions: int):
+        self.served, self.out, self.defaults, self.span, self.max_length = served, out, defaults, span, max_length
+        self.compare_with, self.max_sessions = compare, max_sessions
+        self.sessions: OrderedDict[str, PageSession] = OrderedDict()
+        self.file_lock = threading.Lock()  # appends, reads and deletes of the output file, one at a time
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def sampling(self, req: GenerateRequest) -> tuple[Any, Sampling]:
+        """(the validated prompt, the request's sampling settings over the server's defaults)."""
+        if req.max_new_tokens is not None and req.max_new_tokens > self.defaults.max_new_tokens:
+            raise PageError(422, f"max_new_tokens: at most {self.defaults.max_new_tokens} "
+                                 f"(the server's --max-new-tokens)")
         try:
             prompt = validate_prompt(req.prompt if isinstance(req.prompt, str)
                                      else [m.model_dump() for m in req.prompt])
         except SteerError as e:
             raise PageError(422, f"{e.field}: {e.message}") from None
         chosen = {k: v for k, v in req.model_dump().items() if k != "prompt" and v is not None}
-        return prompt, replace(defaults, **chosen)
+        return prompt, replace(self.defaults, **chosen)
 
-    def session(sid: str) -> PageSession:
-        if sid not in sessions:
+    def session(self, sid: str) -> PageSession:
+        if sid not in self.sessions:
             raise PageError(404, "unknown or expired trajectory (reload the page to start a new one)")
-        sessions.move_to_end(sid)
-        return sessions[sid]
+        self.sessions.move_to_end(sid)
+        return self.sessions[sid]
 
+    @staticmethod
     async def halt(s: PageSession) -> None:
         """Stop a generation pass in progress and wait for it (10 s, then end it anyway)."""
         s.stop_requested.set()
@@ -229,34 +261,32 @@ def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = N
             await asyncio.sleep(0.01)
         await run_in_threadpool(s.end_pass)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
+    # -- the page -------------------------------------------------------------------------------
+
+    async def index(self) -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/api/info")
-    async def info() -> dict:
-        return {"model": served.model_id, "compare_model": compare.model_id if compare else None,
-                "out": str(out), "span": span, "max_length": max_length, "defaults": asdict(defaults),
-                "chat": bool(getattr(served.tokenizer, "chat_template", None)),
-                "limits": {"max_new_tokens": defaults.max_new_tokens, "prompt_chars": MAX_PROMPT_CHARS,
+    async def info(self) -> dict:
+        return {"model": self.served.model_id, "compare_model": self.compare_with and self.compare_with.model_id,
+                "out": str(self.out), "span": self.span, "max_length": self.max_length,
+                "defaults": asdict(self.defaults), "chat": bool(getattr(self.served.tokenizer, "chat_template", None)),
+                "limits": {"max_new_tokens": self.defaults.max_new_tokens, "prompt_chars": MAX_PROMPT_CHARS,
                            "correction_chars": MAX_CORRECTION_CHARS, "body_bytes": MAX_BODY_BYTES}}
 
-    @app.post("/api/sessions")
-    async def new_session(req: GenerateRequest) -> dict:
-        prompt, chosen = sampling(req)
-        s = await run_in_threadpool(lambda: PageSession(served.model, served.tokenizer, prompt, chosen,
-                                                        model_id=served.model_id, model_lock=served.lock, span=span))
-        while len(sessions) >= max_sessions:  # the least recently used tab loses its trajectory
-            stale = sessions.popitem(last=False)[1]
-            stale.stop_requested.set()
-        sessions[s.id] = s
+    # -- a trajectory ---------------------------------------------------------------------------
+
+    async def new_session(self, req: GenerateRequest) -> dict:
+        prompt, chosen = self.sampling(req)
+        m = self.served
+        s = await run_in_threadpool(lambda: PageSession(m.model, m.tokenizer, prompt, chosen, model_id=m.model_id,
+                                                        model_lock=m.lock, span=self.span))
+        while len(self.sessions) >= self.max_sessions:  # the least recently used tab loses its trajectory
+            self.sessions.popitem(last=False)[1].stop_requested.set()
+        self.sessions[s.id] = s
         return s.state()
 
-    @app.post("/api/sessions/{sid}/generate")
-    async def generate(sid: SessionId) -> StreamingResponse:
-        s = session(sid)
+    async def generate(self, sid: SessionId) -> StreamingResponse:
+        s = self.session(sid)
         await run_in_threadpool(s.begin_pass)
 
         async def lines():
@@ -273,79 +303,76 @@ def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = N
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.post("/api/sessions/{sid}/stop")
-    async def stop(sid: SessionId) -> dict:
-        s = session(sid)
-        await halt(s)
+    async def stop(self, sid: SessionId) -> dict:
+        s = self.session(sid)
+        await self.halt(s)
         return s.state()
 
-    @app.post("/api/sessions/{sid}/correct")
-    async def correct(sid: SessionId, req: CorrectRequest) -> dict:
-        s = session(sid)
-        await halt(s)
+    async def correct(self, sid: SessionId, req: CorrectRequest) -> dict:
+        s = self.session(sid)
+        await self.halt(s)
         await run_in_threadpool(s.correct, req.at, req.text, ends_turn=req.ends_turn)
         return s.state()
 
-    @app.post("/api/sessions/{sid}/accept")
-    async def accept(sid: SessionId) -> dict:
-        s = session(sid)
-        await halt(s)
+    async def accept(self, sid: SessionId) -> dict:
+        s = self.session(sid)
+        await self.halt(s)
         record = await run_in_threadpool(s.record)
         if not record["final"]:
             raise PageError(409, "nothing written yet: generate first, or discard")
 
         def save() -> None:
-            with file_lock:
-                append_record(out, record)
+            with self.file_lock:
+                append_record(self.out, record)
 
         await run_in_threadpool(save)
-        sessions.pop(sid, None)
-        return {"saved": str(out), "id": record["id"], "steers": record["meta"]["steers"]}
+        self.sessions.pop(sid, None)
+        return {"saved": str(self.out), "id": record["id"], "steers": record["meta"]["steers"]}
 
-    @app.post("/api/sessions/{sid}/discard")
-    async def discard(sid: SessionId) -> dict:
-        s = session(sid)
-        await halt(s)
-        sessions.pop(sid, None)
+    async def discard(self, sid: SessionId) -> dict:
+        s = self.session(sid)
+        await self.halt(s)
+        self.sessions.pop(sid, None)
         return {"discarded": True}
 
-    @app.get("/api/review")
-    async def review_view() -> dict:
+    # -- the file -------------------------------------------------------------------------------
+
+    async def review(self) -> dict:
         def read() -> dict:
-            with file_lock:
-                return review(out, served.tokenizer, span=span, max_length=max_length)
+            with self.file_lock:
+                return review_file(self.out, self.served.tokenizer, span=self.span, max_length=self.max_length)
 
         return await run_in_threadpool(read)
 
-    @app.post("/api/review/delete")
-    async def delete(req: DeleteRequest) -> dict:
+    async def delete(self, req: DeleteRequest) -> dict:
         def remove() -> None:
-            with file_lock:
-                delete_line(out, req.line, req.digest)
+            with self.file_lock:
+                delete_line(self.out, req.line, req.digest)
 
         await run_in_threadpool(remove)
         return {"deleted": req.line}
 
-    @app.post("/api/compare")
-    async def compare_view(req: GenerateRequest) -> StreamingResponse:
-        if compare is None:
+    # -- compare --------------------------------------------------------------------------------
+
+    async def compare(self, req: GenerateRequest) -> StreamingResponse:
+        if self.compare_with is None:
             raise PageError(409, "no model to compare with: start the server with --compare MODEL "
                                  "(and --compare-adapter ADAPTER for a LoRA adapter)")
-        prompt, chosen = sampling(req)
+        prompt, chosen = self.sampling(req)
+        models = {"a": self.served, "b": self.compare_with}
         try:
             writers = {side: TurnWriter(m.model, m.tokenizer, prompt, temperature=chosen.temperature,
                                         top_p=chosen.top_p, seed=chosen.seed, max_new_tokens=chosen.max_new_tokens)
-                       for side, m in (("a", served), ("b", compare))}
+                       for side, m in models.items()}
         except ValueError as e:
             raise PageError(422, str(e)) from None
-        locks = {"a": served.lock, "b": compare.lock}
 
         async def lines():
             live = ["a", "b"]
             try:
                 while live:  # one token from each side in turn: both columns grow together
                     for side in list(live):
-                        piece = await run_in_threadpool(_step_writer, writers[side], locks[side])
+                        piece = await run_in_threadpool(_step_writer, writers[side], models[side].lock)
                         if piece is None:
                             live.remove(side)
                         elif piece:
@@ -356,5 +383,3 @@ def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = N
                 yield _line({"error": f"generation failed: {type(e).__name__}: {e}"})
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    return app
