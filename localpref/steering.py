@@ -133,33 +133,14 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def drop_torn_tail(path: str | os.PathLike) -> int:
-    """Cut a last line without its newline (a process killed mid-write) so that appending stays
-    line-aligned; returns the bytes cut (0 for a whole file). Until it is cut, ``load_steers`` skips
-    that line as ``invalid_json`` and counts it."""
-    path = Path(path)
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a run killed mid-write) so appending stays line-aligned."""
     if not path.exists() or path.stat().st_size == 0:
-        return 0
+        return
     with open(path, "rb+") as f:
         data = f.read()
-        if data.endswith(b"\n"):
-            return 0
-        keep = data.rfind(b"\n") + 1
-        f.truncate(keep)
-        return len(data) - keep
-
-
-def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one record as one JSON line, flushed and fsynced before returning.
-
-    The line is written with a single ``write``: a process killed meanwhile leaves at most a torn
-    last line (see ``drop_torn_tail``), never a half record glued to a whole one.
-    """
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Task], *,
@@ -174,7 +155,7 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        drop_torn_tail(out)
+        _drop_torn_tail(out)
         done = {r["id"]: r for r in read_records(out)}
     todo = [t for t in tasks if t.id not in done]
     was_training = model.training
@@ -188,12 +169,24 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
             done[task.id] = record
             verified += record["verified"]
             if out is not None:
-                append_record(out, record)
+                with open(out, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
             progress.update(verified=verified, steers=record["meta"]["steers"])
     finally:
         progress.close()
         model.train(was_training)
     return [done[t.id] for t in tasks]
+
+
+def append_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append whole JSON lines, flushed and fsynced: a killed process loses at most the line in flight."""
+    with open(path, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------------------------------------

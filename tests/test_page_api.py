@@ -129,7 +129,8 @@ def test_generate_stop_correct_in_the_middle_resume_accept(client, served, tmp_p
 
 def test_stop_mid_stream_keeps_exactly_what_was_written(smollm2_tokenizer, tmp_path):
     tok = smollm2_tokenizer
-    answer = "Four fruits: apple, pear, plum, fig, and a few more words that take a while to write."
+    answer = ("Four fruits: apple, pear, plum, fig, and a few more words that take a while to write: cherries, "
+              "lemons, limes, melons, oranges, peaches, apricots, bananas, mangoes, dates, figs and grapes.")
     model = SlowScripted(tok, render_prompt(tok, PROMPT), {"": answer}, delay=0.05)
     app = create_app(Served(model, tok, "scripted", threading.Lock()), tmp_path / "s.jsonl",
                      defaults=Sampling(max_new_tokens=64), allowed_hosts=HOSTS)

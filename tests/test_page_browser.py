@@ -34,7 +34,9 @@ from localpref.page.session import Sampling  # noqa: E402
 SYSTEM = "Answer in one line. <script>xss(1)</script>"
 USER = 'Name four fruits. <img src=x onerror="xss(2)">'
 PAYLOAD = '<img src=x onerror="xss(3)"><script>xss(4)</script>'
-ANSWER = f"Four fruits: apple, pear, plum, fig. {PAYLOAD} Also grapes, and more I could go on listing for a while."
+# After the payload, a long tail: Stop lands well before the end even on a loaded machine.
+ANSWER = (f"Four fruits: apple, pear, plum, fig. {PAYLOAD} Also grapes, and more I could go on listing for a "
+          f"while: cherries, lemons, limes, melons, oranges, peaches, apricots, bananas, mangoes and dates.")
 ACCEPTED = "Four fruits: apple, "
 PLAN = {"": ANSWER, ACCEPTED + "kiwi": ", plum, fig."}
 

@@ -38,7 +38,7 @@ from localpref.data.tokenize import tokenize_steer
 from localpref.generation import TurnWriter
 
 MAX_STEPS = 64  # corrections in one trajectory
-MAX_PASSES_TOKENS = 16  # a trajectory samples at most this many times max_new_tokens in all
+MAX_PASSES_TOKENS = 16  # Continue (without a correction) is refused past this many times max_new_tokens
 _WORD = re.compile(r"\S+\s*|\s+")  # a click target: a word and the whitespace after it
 
 
@@ -95,7 +95,6 @@ class PageSession:
         self.started_iso = now_iso()
         # Not the session id: that one is the tab's key to this trajectory and stays private.
         self.record_id = f"page-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self.started))}-{secrets.token_hex(3)}"
-        self.last_used = time.monotonic()
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -121,7 +120,6 @@ class PageSession:
                 self.writer.set_text(self.writer.text)  # a new pass of max_new_tokens; the cache is kept
             self.stop_requested.clear()
             self.generating = True
-            self.last_used = time.monotonic()
 
     def step(self) -> str | None:
         """One token of the current pass: its text ('' for none), or None when the pass is over."""
@@ -135,7 +133,6 @@ class PageSession:
         """End the current pass (a stopped or finished stream; idempotent)."""
         with self.lock:  # waits for a step in flight
             self.generating = False
-            self.last_used = time.monotonic()
 
     # -- corrections --------------------------------------------------------------------------
 
@@ -165,7 +162,6 @@ class PageSession:
                     raise PageError(422, f"cannot resume from this correction: {e}") from None
             self.steps.append(step)
             self.said = text[:at] + corrected
-            self.last_used = time.monotonic()
 
     def _step(self, accepted: str, rejected: str, corrected: str, ends_turn: bool) -> dict[str, Any]:
         """The step dict, checked as the trainer will read it (PageError 422 with the reason)."""
