@@ -21,7 +21,7 @@ from localpref.data.load import load_steers  # noqa: E402
 from localpref.data.tokenize import render_prompt, tokenize_steer  # noqa: E402
 from localpref.page.review import delete_line, line_digest, prepare_output, review  # noqa: E402
 from localpref.page.session import PageError, PageSession, Sampling, word_segments  # noqa: E402
-from localpref.steering import append_record  # noqa: E402
+from localpref.steering import append_records  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Name four fruits."}]
 ANSWER = "Four fruits: apple, pear, plum, fig."
@@ -72,7 +72,7 @@ def test_correcting_a_middle_word_of_a_finished_answer(smollm2_tokenizer, tmp_pa
     assert record["meta"]["model"] == "scripted" and record["meta"]["temperature"] == 0.0
     assert record["meta"]["steers"] == 1 and record["meta"]["chars_typed"] == 4
 
-    append_record(tmp_path / "s.jsonl", record)
+    append_records(tmp_path / "s.jsonl", [record])
     (steer,) = load_steers(tmp_path / "s.jsonl")
     assert (steer.prefix, steer.rejected, steer.corrected) == ("Four fruits: apple, ", "pear, plum, fig.", "kiwi")
     chosen, rejected = tokenize_steer(steer, tok).span_ids()
@@ -104,7 +104,7 @@ def test_a_correction_that_ends_the_answer_closes_the_trajectory(smollm2_tokeniz
     assert err.value.status == 409
     record = s.record()
     assert record["steps"][-1]["corrected_ends_turn"] and len(record["steps"]) == 1
-    append_record(tmp_path / "s.jsonl", record)
+    append_records(tmp_path / "s.jsonl", [record])
     (steer,) = load_steers(tmp_path / "s.jsonl")
     assert steer.corrected_ends_turn and steer.rejected_ends_turn
 
@@ -129,7 +129,7 @@ def test_two_corrections_make_a_two_step_trajectory(smollm2_tokenizer, tmp_path)
         s.correct(len("Four fruits: "), "pear")  # before the first correction: already fixed
     s.correct(at_word(s, "plum"), "lime")
     assert generate(s) == "Four fruits: apple, kiwi, lime, fig."
-    append_record(tmp_path / "s.jsonl", s.record())
+    append_records(tmp_path / "s.jsonl", [s.record()])
     first, second = load_steers(tmp_path / "s.jsonl")
     assert second.prefix == "Four fruits: apple, kiwi, " and (second.rejected, second.corrected) == ("plum, fig.", "lime")
 
@@ -173,7 +173,7 @@ def test_a_torn_last_line_loads_with_the_skip_policy_and_is_cut_before_appending
     s = session(smollm2_tokenizer)
     generate(s)
     s.correct(at_word(s, "pear"), "kiwi")
-    append_record(out, s.record())
+    append_records(out, [s.record()])
     with open(out, "a") as f:
         f.write('{"prompt": [{"role": "user", "content": "Na')  # a server killed mid-write
     loaded = load_steers(out, on_error="skip")
@@ -182,7 +182,7 @@ def test_a_torn_last_line_loads_with_the_skip_policy_and_is_cut_before_appending
         load_steers(out, on_error="raise")
     warning = prepare_output(out)  # what the server does at start
     assert "torn last line" in warning
-    append_record(out, s.record())
+    append_records(out, [s.record()])
     assert len(load_steers(out)) == 2  # whole lines again, nothing glued to the torn one
 
 
@@ -203,7 +203,7 @@ def test_review_counts_agree_with_load_steers_and_spans_with_tokenize(smollm2_to
     generate(s)
     s.correct(at_word(s, "pear"), "kiwi")
     generate(s)
-    append_record(out, s.record())
+    append_records(out, [s.record()])
     with open(out, "a") as f:
         f.write(json.dumps({"prompt": "Say hi.", "prefix": "", "rejected": "Hello", "corrected": "Hi"}) + "\n")
         f.write(json.dumps({"prompt": "x", "rejected": "a", "corrected": "a"}) + "\n")  # identical

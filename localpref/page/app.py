@@ -46,7 +46,7 @@ from localpref.data.load import validate_prompt
 from localpref.generation import TurnWriter
 from localpref.page.review import delete_line, prepare_output, review as review_file
 from localpref.page.session import PageError, PageSession, Sampling
-from localpref.steering import append_record
+from localpref.steering import append_records
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 256 * 1024
@@ -323,7 +323,7 @@ class Routes:
 
         def save() -> None:
             with self.file_lock:
-                append_record(self.out, record)
+                append_records(self.out, [record])
 
         await run_in_threadpool(save)
         self.sessions.pop(sid, None)

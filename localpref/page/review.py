@@ -1,8 +1,8 @@
 """The steer file behind the page: preparing it, the review view's data, deleting a record.
 
-Saving is ``localpref.steering.append_record`` (one whole line, flushed and fsynced). Deleting a
-record rewrites the file without that line through a temporary file and an atomic rename, so a
-killed server leaves either the old file or the new one. A record is named by its line number
+Saving is ``localpref.steering.append_records`` (whole lines, flushed and fsynced), as for
+``localpref steer collect``. Deleting a record rewrites the file without that line through a
+temporary file and an atomic rename, so a killed server leaves either the old file or the new one. A record is named by its line number
 and a digest of the line's bytes, so a delete never removes a line the person did not see (the
 file changed: 409).
 
@@ -34,15 +34,17 @@ def prepare_output(path: Path) -> str | None:
     A torn last line (a server killed mid-write) is cut so that appending stays line-aligned.
     """
     from localpref.data.cli import _is_steer_file_or_absent
-    from localpref.steering import drop_torn_tail
+    from localpref.steering import _drop_torn_tail
 
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give a .jsonl file")
     if not _is_steer_file_or_absent(str(path)):
         raise ValueError(f"--out {path} exists and is not a steer JSONL file; refusing to append to it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    cut = drop_torn_tail(path)
+    size = path.stat().st_size if path.exists() else 0
+    _drop_torn_tail(path)  # shared with the steering loop's resumable output
     path.touch()
+    cut = size - path.stat().st_size
     return f"cut a torn last line ({cut} bytes: a write was interrupted) from {path}" if cut else None
 
 
