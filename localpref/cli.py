@@ -7,6 +7,7 @@
     localpref data inspect FILE           show which tokens each steer trains on
     localpref steer collect ...           generate, stop at the first error, correct, resume
     localpref steer eval ...              steers needed per verified output, pass rate
+    localpref steer serve --out FILE      a local page: generate, stop, correct, resume (steers by hand)
     localpref train [hydra overrides]     the training entry point (Hydra)
     localpref demo                        the main job on the embedded default
 """

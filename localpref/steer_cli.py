@@ -1,11 +1,12 @@
-"""``localpref steer ...``: collect steers from a model with a program as the annotator, and evaluate
-how many steers a model needs.
+"""``localpref steer ...``: collect steers from a model with a program as the annotator, evaluate
+how many steers a model needs, and serve the page where a person steers (``localpref.page``).
 
     localpref steer collect --family lists --model tiny --split train --n 200 --budget 4 \\
         --temperature 0.7 --seed 0 --out steers.jsonl       # sampled; appends, resumes
     localpref steer eval --family lists --model tiny --split heldout --n 100 --budget 4 \\
         --report report.json                               # greedy unless --temperature
     localpref steer pretrain --family arith                 # build the cached tiny task model
+    localpref steer serve --model smollm2 --out steers.jsonl  # a local page to steer by hand
 
 ``--model`` is ``tiny`` (the family's tiny task model, built on first use), ``smollm2``
 (SmolLM2-135M-Instruct), a Hugging Face model folder, or a training run directory (its
@@ -111,6 +112,91 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import socket
+    import sys
+    import threading
+
+    import uvicorn
+
+    from localpref.page.app import Served, create_app
+    from localpref.page.review import prepare_output
+    from localpref.page.session import Sampling
+
+    if args.host not in LOOPBACK_HOSTS:
+        print(f"warning: serving on {args.host}, not only this machine: anyone who can reach port {args.port} "
+              f"can run the model and write to {args.out}", file=sys.stderr)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    try:  # before loading the model: a port in use fails at once
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    port = sock.getsockname()[1]
+    try:  # also before loading the model
+        warning = prepare_output(Path(args.out))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device)
+    served = Served(model, tokenizer, model_id, threading.Lock())
+    compare = None
+    if args.compare or args.compare_adapter:
+        cm, ct, cid = load_generation_model(args.compare or args.model, args.family, args.compare_adapter, args.device)
+        compare = Served(cm, ct, cid, threading.Lock())
+    defaults = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                        max_new_tokens=args.max_new_tokens)
+    try:
+        app = create_app(served, args.out, defaults=defaults, span=args.span, max_length=args.max_length,
+                         compare=compare, allowed_hosts=list(LOOPBACK_HOSTS) if args.host in LOOPBACK_HOSTS else None)
+    except ValueError as e:  # e.g. --max-new-tokens out of range
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"steering page: http://{host}:{port}/  model {model_id}"
+          + (f", compare with {compare.model_id}" if compare else "")
+          + f"; saving to {args.out}  (Ctrl-C stops; a trajectory not yet accepted is lost)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+    return 0
+
+
+def _add_serve(sub: Any) -> None:
+    from localpref.tasks import family_names
+
+    p = sub.add_parser("serve", help="a local web page: generate, stop, correct, resume; every correction is saved "
+                                     "as a steer",
+                       description="Serve the steering page on this machine. Each accepted trajectory is appended to "
+                                   "--out (one record per line, steps of accepted/rejected/corrected), ready for "
+                                   "`localpref train data=jsonl data.path=OUT`.")
+    p.add_argument("--model", default="smollm2", help="tiny | smollm2 | model folder | run dir (default: smollm2)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder to load on top of --model")
+    p.add_argument("--family", default="lists", choices=family_names(),
+                   help="whose tiny task model --model tiny means (default: lists)")
+    p.add_argument("--out", required=True, help="steer JSONL to append to (fixed for the server's life)")
+    p.add_argument("--compare", default=None, metavar="MODEL",
+                   help="a second model for the compare view (e.g. a training run dir or its export/)")
+    p.add_argument("--compare-adapter", default=None, metavar="ADAPTER",
+                   help="LoRA adapter for the compare model (on --compare, or on --model when --compare is not given)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="0: any free port (default 8765)")
+    p.add_argument("--temperature", type=float, default=0.7, help="default sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0, help="default sampling seed")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="tokens per generation pass, and the most a page may ask for")
+    p.add_argument("--span", choices=("hunk", "continuation", "completion"), default="hunk",
+                   help="the span mode the review shows (use the one you train with: data.span)")
+    p.add_argument("--max-length", type=int, default=None, help="max_length the review tokenizes with (tokens)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_serve)
+
+
 def register(subparsers: Any) -> None:
     """Add ``steer`` and its subcommands to the top-level ``localpref`` parser."""
     from localpref.tasks import family_names
@@ -144,4 +230,5 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("pretrain", help="build (or show) the cached tiny task model of a family")
     p.add_argument("--family", required=True, choices=family_names())
     p.set_defaults(func=_pretrain)
+    _add_serve(sub)
 

@@ -3,6 +3,8 @@
 # then runs what you ask for:
 #   bash scripts/run.sh demo   # the main job on the embedded default (see README)
 #   bash scripts/run.sh test   # the test suite
+#   bash scripts/run.sh steer  # the steering page: make steers by hand (README: "Make your own steers")
+#   bash scripts/run.sh train  # localpref train with Hydra overrides, e.g. data=jsonl data.path=...
 #   bash scripts/run.sh shell  # a shell with the environment activated
 # The virtual environment is created once in $LOCALPREF_VENV (default: .venv) and reused.
 # TORCH_SPEC picks the torch build; its default is the CPU wheel this project's CI uses.
@@ -35,6 +37,25 @@ setup() {
     echo "$want" > "$STAMP"
 }
 
+# The browser test (tests/test_page_browser.py) drives Debian's chromium through chromedriver;
+# Selenium's own browser downloads cannot work here. Installed from the package registry when
+# missing and we are root (CI is); otherwise that test skips outside CI and fails under CI=true.
+ensure_browser() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing chromium and chromium-driver for the browser test (apt-get)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        if ! { apt-get update -q && apt-get install -y -q chromium chromium-driver; } >/dev/null; then
+            echo "warning: could not install chromium and chromium-driver" >&2
+        fi
+    else
+        echo "note: chromium or chromedriver missing and not root: the browser test will skip" \
+             "(it fails under CI=true); apt-get install chromium chromium-driver" >&2
+    fi
+}
+
 cmd=${1:-test}
 shift || true
 setup
@@ -44,13 +65,21 @@ case "$cmd" in
         exec "$VENV/bin/localpref" demo "$@"
         ;;
     test)
+        ensure_browser
         exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    steer)
+        # Later options win over these defaults: bash scripts/run.sh steer --model tiny --out my.jsonl
+        exec "$VENV/bin/localpref" steer serve --model smollm2 --out outputs/steers.jsonl "$@"
+        ;;
+    train)
+        exec "$VENV/bin/localpref" train "$@"
         ;;
     shell)
         exec bash --rcfile <(echo "source $VENV/bin/activate")
         ;;
     *)
-        echo "usage: bash scripts/run.sh {demo|test|shell} [args...]" >&2
+        echo "usage: bash scripts/run.sh {demo|test|steer|train|shell} [args...]" >&2
         exit 2
         ;;
 esac

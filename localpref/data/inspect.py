@@ -111,24 +111,40 @@ def _visible(text: str) -> str:
     return text.replace("\n", "⏎\n").replace("\t", "⇥")
 
 
+def side_pieces(tokenizer: Any, ids: list[int], span_mask: list[bool], prompt_len: int,
+                prefix_len: int) -> list[tuple[str, str]]:
+    """One side's completion tokens as ``(text, kind)``: kind ``"span"`` (trained on), ``"prefix"``
+    (the accepted prefix) or ``"tail"`` (after the span: shared tail or context, not trained on).
+    The terminal view below and the steering page's review both draw from this."""
+    pieces = []
+    for i in range(prompt_len, len(ids)):
+        kind = "span" if span_mask[i] else "prefix" if i < prefix_len else "tail"
+        pieces.append((tokenizer.decode([ids[i]]), kind))
+    return pieces
+
+
+def span_listing(tokenizer: Any, ids: list[int], span_mask: list[bool]) -> str:
+    """``"2 tokens, positions 58..59: [' oxy', 'gen']"``: a side's span tokens, exactly."""
+    span = [tokenizer.decode([t]) for t, m in zip(ids, span_mask) if m]
+    where = [i for i, m in enumerate(span_mask) if m]
+    at = f"positions {where[0]}..{where[-1]}" if where else "empty"
+    return f"{len(span)} tokens, {at}: {span!r}"
+
+
 def _side(tokenizer: Any, ids: list[int], span_mask: list[bool], prompt_len: int, prefix_len: int,
           styles: tuple[str, str]):
     from rich.text import Text
 
     text, k = Text(), 0
-    for i in range(prompt_len, len(ids)):
-        piece = tokenizer.decode([ids[i]])
-        if span_mask[i]:
+    for piece, kind in side_pieces(tokenizer, ids, span_mask, prompt_len, prefix_len):
+        if kind == "span":
             text.append(_visible(piece), style=styles[k % 2])
             k += 1
-        elif i < prefix_len:
-            text.append(piece)  # the accepted prefix
+        elif kind == "prefix":
+            text.append(piece)
         else:
-            text.append(piece, style="dim italic")  # shared tail / context, not trained on
-    span = [tokenizer.decode([t]) for t, m in zip(ids, span_mask) if m]
-    where = [i for i, m in enumerate(span_mask) if m]
-    at = f"positions {where[0]}..{where[-1]}" if where else "empty"
-    return text, f"{len(span)} tokens, {at}: {span!r}"
+            text.append(piece, style="dim italic")
+    return text, span_listing(tokenizer, ids, span_mask)
 
 
 def render_steer(console: Any, steer: Steer | None, ts: Any, tokenizer: Any, *, prompt_chars: int = 300) -> None:
