@@ -113,6 +113,7 @@ class TrainerConfig:
     strategy: str = "ddp"  # under torchrun: "ddp" | "fsdp" (FSDP2, sharded checkpoints); CPU (gloo) or GPU
     deterministic: bool = True  # torch.use_deterministic_algorithms; needed for exact resume
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
+    eval_before: bool = True  # evaluate the initial model too (off in sweeps that evaluate it once, apart)
     eval_batch_size: int = 8  # pairs per evaluation forward
     checkpoint_every: int = 0  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2  # older checkpoints are deleted

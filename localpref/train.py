@@ -246,7 +246,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         logger.log_metrics(step, metrics)
         return metrics
 
-    before = run_eval(0) if state.step == 0 else _logged_eval(run_dir, step=0)
+    before = (run_eval(0) if t.eval_before else {}) if state.step == 0 else _logged_eval(run_dir, step=0)
     bar = progress("train", t.max_steps, "steps", done=state.step)
     policy.train()
     while state.step < t.max_steps:

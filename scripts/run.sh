@@ -37,22 +37,27 @@ setup() {
     echo "$want" > "$STAMP"
 }
 
-# The browser test (tests/test_page_browser.py) drives Debian's chromium through chromedriver;
-# Selenium's own browser downloads cannot work here. Installed from the package registry when
-# missing and we are root (CI is); otherwise that test skips outside CI and fails under CI=true.
-ensure_browser() {
-    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-        return
-    fi
+# System tools two tests need, from the distribution's registry when missing and we are root (CI
+# is): the browser test (tests/test_page_browser.py) drives Debian's chromium through chromedriver
+# (Selenium's own browser downloads cannot work here); the paper test builds paper/main.pdf with
+# pdflatex. Not root: those tests skip outside CI and fail under CI=true.
+ensure_system_tools() {
+    local browser=() tex=()
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null || browser=(chromium chromium-driver)
+    command -v pdflatex >/dev/null && kpsewhich booktabs.sty >/dev/null 2>&1 ||
+        tex=(texlive-latex-base texlive-latex-recommended texlive-fonts-recommended)
+    [ ${#browser[@]} -eq 0 ] && [ ${#tex[@]} -eq 0 ] && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing chromium and chromium-driver for the browser test (apt-get)" >&2
+        echo "installing ${browser[*]} ${tex[*]} for the browser and paper tests (apt-get)" >&2
         export DEBIAN_FRONTEND=noninteractive
-        if ! { apt-get update -q && apt-get install -y -q chromium chromium-driver; } >/dev/null; then
-            echo "warning: could not install chromium and chromium-driver" >&2
+        if ! { apt-get update -q &&
+               { [ ${#browser[@]} -eq 0 ] || apt-get install -y -q "${browser[@]}"; } &&
+               { [ ${#tex[@]} -eq 0 ] || apt-get install -y -q --no-install-recommends "${tex[@]}"; }; } >/dev/null; then
+            echo "warning: could not install ${browser[*]} ${tex[*]}" >&2
         fi
     else
-        echo "note: chromium or chromedriver missing and not root: the browser test will skip" \
-             "(it fails under CI=true); apt-get install chromium chromium-driver" >&2
+        echo "note: ${browser[*]} ${tex[*]} missing and not root: the browser and paper tests will skip" \
+             "(they fail under CI=true); apt-get install ${browser[*]} ${tex[*]}" >&2
     fi
 }
 
@@ -65,7 +70,7 @@ case "$cmd" in
         exec "$VENV/bin/localpref" demo "$@"
         ;;
     test)
-        ensure_browser
+        ensure_system_tools
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     steer)

@@ -57,9 +57,6 @@ def summarize(out: Path) -> dict[str, Any]:
         keep = {k: v for k, v in r.items() if k not in ("overrides",)}
         keep["metrics"] = {k: v for k, v in r["metrics"].items() if k.startswith("eval/")}
         runs.append(keep)
-    base = {}
-    for f in sorted(out.glob("*/base/*.summary.json")):
-        base.setdefault(f.parts[-3], {})[f.name.split(".")[0]] = json.loads(f.read_text())
     collections = {}
     for f in sorted(out.glob("*/collect/*.summary.json")):
         collections.setdefault(f.parts[-3], {})[f.name.split(".")[0]] = json.loads(f.read_text())["all"]
@@ -68,7 +65,7 @@ def summarize(out: Path) -> dict[str, Any]:
         for f in sorted(out.glob(f"*/{name}")):
             extra.setdefault(f.parts[-2], {})[name.removesuffix(".json")] = json.loads(f.read_text())
     timing = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
-    return {"settings": json.loads((out / "settings.json").read_text()), "runs": runs, "base": base,
+    return {"settings": json.loads((out / "settings.json").read_text()), "runs": runs,
             "collections": collections, "choices": extra, "timing": timing}
 
 
@@ -118,10 +115,9 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     if not final:
         return {}, {}
     budget = max(r["budget"] for r in final)
-    base_steer = summary["base"].get(part, {}).get("heldout", {}).get("all", {})
-    before = [r["before"] for r in _runs(summary, part, "final", budget=budget)]
-    rows = [[LABELS["base"], "0"] + [_fmt(base_steer.get(k.split("/")[-1])) for k, _ in STEER_COLS]
-            + [_ci([b.get(k) for b in before]) for k, _ in PREF_COLS]]
+    base = _runs(summary, part, "base", eval_split="heldout")
+    rows = [[LABELS["base"], "0"] + [_ci(_metric(base, k)) for k, _ in STEER_COLS]
+            + [_ci(_metric(base, k)) for k, _ in PREF_COLS]]
     numbers = {}
     for method in ORDER:
         runs = _runs(summary, part, "final", method=method, budget=budget)
@@ -137,9 +133,9 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
             numbers[_macro(part, method, "spv")] = _fmt(t_interval(spv)[0])
         numbers[_macro(part, method, "pass")] = _fmt(t_interval([v for v in _metric(runs, "eval/steer/pass_rate")])[0])
         numbers[_macro(part, method, "spannll")] = _fmt(t_interval(_metric(runs, "eval/span/nll"))[0])
-    numbers[_macro(part, "base", "spv")] = _fmt(base_steer.get("steers_per_verified"))
-    numbers[_macro(part, "base", "pass")] = _fmt(base_steer.get("pass_rate"))
-    numbers[_macro(part, "base", "spannll")] = _fmt(t_interval([b["eval/span/nll"] for b in before])[0]) if before else "--"
+    for what, key in (("spv", "eval/steer/steers_per_verified"), ("pass", "eval/steer/pass_rate"),
+                      ("spannll", "eval/span/nll")):
+        numbers[_macro(part, "base", what)] = _fmt(t_interval(_metric(base, key))[0]) if base else "--"
     seeds = len({r["seed"] for r in final})
     header = ["method", "chars"] + [c for _, c in STEER_COLS] + [c for _, c in PREF_COLS]
     caption = (f"{part}: held-out steering (greedy, at most {summary['settings']['parts'][part]['steer_budget']} "
@@ -237,11 +233,13 @@ def small_tables(summary, part: str) -> dict[str, str]:
                           f"{part}: steers per verified output on val prompts (seed 0) for each learning rate."))
     variant = _runs(summary, part, "variant")
     if variant:
-        rows = [[r["method"], _fmt(r["metrics"].get("eval/steer/steers_per_verified")),
-                 _fmt(r["metrics"].get("eval/steer/pass_rate")), _fmt(r["metrics"].get("eval/span/nll")),
-                 _fmt(r["before"].get("eval/span/nll"))] for r in variant]
-        out.update(_table(f"variant_{part}", ["candidate", "steers / verified", "pass rate", "span NLL", "span NLL before"],
-                          rows, f"{part}: the study choosing method 7 (val prompts, seed 0)."))
+        base = _runs(summary, part, "base", eval_split="val", seed=variant[0]["seed"])
+        rows = [[r["method"] if r["stage"] == "variant" else LABELS["base"],
+                 *[_fmt(r["metrics"].get(k)) for k in ("eval/steer/steers_per_verified", "eval/steer/pass_rate",
+                                                        "eval/span/nll", "eval/drift/kl")]] for r in base + variant]
+        out.update(_table(f"variant_{part}", ["candidate", "steers / verified", "pass rate", "span NLL", "KL"],
+                          rows, f"{part}: the study choosing method 7 (val prompts, seed 0, the grid's middle "
+                                f"learning rate); the lowest steers per verified output wins."))
     it = _runs(summary, part, "iterate")
     if it:
         rows = []
@@ -265,7 +263,7 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
     runs = _runs(summary, "defacto", "final")
     if not runs:
         return {}, {}
-    before = [r["before"] for r in runs]
+    before = [r["metrics"] for r in _runs(summary, "defacto", "base")]
     cols = [("eval/span/logp_accuracy", "span log-p acc."), ("eval/span/reward_accuracy", "reward acc."),
             ("eval/span/nll", "span NLL"), ("eval/drift/nll", "drift NLL"), ("eval/drift/kl", "KL")]
     rows = [[LABELS["base"], "--"] + [_ci([b.get(k) for b in before]) for k, _ in cols]]

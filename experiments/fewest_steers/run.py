@@ -11,9 +11,10 @@ fine-tuning, many seeds, curves over annotation budgets, iterated rounds), ``smo
 Per task part (tiny-*, smollm2-*), in order (each stage resumable: a job whose ``result.json``
 exists is skipped, so rerunning the command continues where it stopped):
 
-1. ``base``: the base model's greedy steering on val and heldout prompts (``localpref.steering``).
-2. ``collect``: per seed, the base model steers on train prompts (sampled at ``temperature``), and
+1. ``collect``: per seed, the base model steers on train prompts (sampled at ``temperature``), and
    held-out steers on val and heldout prompts (for the preference metrics of the trainer).
+2. ``base``: the base model evaluated exactly as the trained ones (a run of one step at learning
+   rate 0): greedy steering on val and heldout prompts, preference metrics on the held-out steers.
 3. ``variant``: the small study choosing method 7 among localized variants aimed at likelihood
    displacement (``VARIANTS``): each at the grid's middle learning rate, seed 0, on val.
 4. ``tune``: every method x every learning rate of ``lr_grid`` (the same grid, hence the same
@@ -53,6 +54,8 @@ METHODS: dict[str, list[str]] = {
     "localized_anchor": ["loss=localized_anchor"],                   # 5 + SFT anchor on the span
     "step_dpo": ["loss=localized", "data.span=continuation"],        # 6 Step-DPO: whole continuation
 }
+# The base model's evaluation: one SGD step at learning rate 0 (weights unchanged), evaluated like the rest.
+BASE = ["loss=localized", "trainer.optimizer=sgd", "trainer.max_steps=1", "trainer.warmup_steps=0"]
 # Candidates for method 7, aimed at the corrected span becoming *less* likely under plain localized DPO.
 VARIANTS: dict[str, list[str]] = {
     "apo_zero": ["loss=localized", "loss.loss_type=apo_zero"],      # pushes chosen up, rejected down
@@ -116,8 +119,9 @@ def parts(quick: bool) -> dict[str, Part]:
     out["tiny-lists"] = replace(out["tiny-lists"], lr_grid=[1e-4, 3e-4], budgets=[0.5, 1.0], seeds=[0, 1],
                                 methods=list(METHODS), variants=list(VARIANTS))
     for name in ("smollm2-lists", "defacto"):  # SmolLM2 steps are slow on CPU: one step of two pairs
-        out[name] = replace(out[name], methods=["localized"], n_train=8, n_heldout=4, micro_batch=2,
-                            trainer=[*full[name].trainer, "trainer.max_steps=1"])
+        out[name] = replace(out[name], methods=["localized"], variants=out[name].variants[:1], n_train=4,
+                            n_heldout=2, micro_batch=2, max_new_tokens=16,
+                            trainer=[*full[name].trainer, "trainer.max_steps=1", "data.max_length=256"])
     return out
 
 
@@ -188,11 +192,8 @@ def job_train(run_dir: str, overrides: list[str], info: dict) -> dict:
     metrics = train(cfg)
     from localpref.log import read_metrics
 
-    rows = read_metrics(run_dir)
-    evals = [r for r in rows if "eval/span/logp_accuracy" in r]
-    data = next(r for r in rows if "data/train_pairs" in r)
+    data = next(r for r in read_metrics(run_dir) if "data/train_pairs" in r)
     result = {**info, "overrides": overrides, "seconds": round(time.time() - start, 1), "metrics": metrics,
-              "before": {k: v for k, v in evals[0].items() if k.startswith("eval/")},
               "data": {k: v for k, v in data.items() if k.startswith("data/")}}
     (Path(run_dir) / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -289,9 +290,7 @@ def run_task_part(runner: Runner, part: Part) -> None:
     d, p = runner.out / part.name, asdict(part)
     collect = d / "collect"
     # 1-2. base model steering on val/heldout (greedy) and collections per seed.
-    calls = [(p, split, n, 0, 0.0, str(d / "base" / f"{split}.jsonl")) for split, n in
-             (("val", part.n_val), ("heldout", part.n_heldout))]
-    calls += [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
+    calls = [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
               for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
                                                       ("heldout", part.n_heldout)) if n]
     calls = [c for c in calls if c[2]]  # no val prompts where nothing is tuned
@@ -320,6 +319,10 @@ def run_task_part(runner: Runner, part: Part) -> None:
                               f"steer_eval.max_new_tokens={part.max_new_tokens}", *micro, *extra]}
 
     main_budget, mid_lr, s0 = max(part.budgets), part.lr_grid[len(part.lr_grid) // 2], part.seeds[0]
+    # The base model, evaluated as the trained ones are: one step at learning rate 0 changes nothing.
+    splits = (["val"] if part.tune else []) + ["heldout"]
+    train_jobs(runner, part, "base", [spec(f"base@{split}@s{seed}", BASE, seed, main_budget, 0.0, split,
+                                           eval_seed=seed) for split in splits for seed in part.seeds])
     if part.tune:
         # 3. the variant study (method 7).
         results = train_jobs(runner, part, "variant", [spec(f"{v}@{mid_lr}", VARIANTS[v], s0, main_budget, mid_lr,
@@ -387,9 +390,13 @@ def run_defacto(runner: Runner, part: Part, defacto_dir: str) -> None:
         counts = runner.stage(part.name, "import", job_import_defacto, [(defacto_dir, str(data), part.n_train)])[0]
         (d / "data.json").write_text(json.dumps(counts, indent=1))
     forms = {"sft_rewrite": "train_rewrites.jsonl", "dpo_rewrite": "train_rewrites.jsonl"}
+    counts = json.loads((d / "data.json").read_text())
     methods = {**{m: METHODS[m] for m in part.methods}, **{f"variant_{k}": VARIANTS[k] for k in part.variants[:2]}}
     specs = []
     for m, ovs in methods.items():
+        if m in forms and counts["train_rewrites"] == 0:
+            print(f"defacto: {m} skipped: the budget of {counts['budget_chars']} characters buys no rewrite")
+            continue
         ovs = [o for o in ovs if not o.startswith("data.form")]
         for seed in part.seeds:
             specs.append({"name": f"{m}@s{seed}", "info": {"method": m, "seed": seed, "lr": part.lr_grid[0],
@@ -400,6 +407,9 @@ def run_defacto(runner: Runner, part: Part, defacto_dir: str) -> None:
                                         f"trainer.lr={part.lr_grid[0]}", f"seed={seed}",
                                         f"trainer.micro_batch_size={part.micro_batch}"]})
     train_jobs(runner, part, "final", specs)
+    base = {"name": "base", "info": {"method": "base", "seed": part.seeds[0], "lr": 0.0, "eval_split": "test"},
+            "overrides": [*specs[0]["overrides"], *BASE, "trainer.lr=0.0"]}
+    train_jobs(runner, part, "base", [base])
 
 
 def main() -> None:

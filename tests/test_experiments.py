@@ -1,0 +1,64 @@
+"""The paper's experiment in its quick variant: every stage runs and writes well-formed outputs.
+
+Values are not checked (a quick run trains for one or two steps); shapes are: every stage's runs
+have their ``result.json`` with the metrics the analysis reads, and the analysis turns them into
+tables with a row per method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXP = REPO / "experiments" / "fewest_steers"
+STEER_KEYS = ["eval/steer/steers_per_verified", "eval/steer/pass_rate", "eval/steer/verified_within_budget",
+              "eval/span/logp_accuracy", "eval/span/nll", "eval/drift/nll", "eval/drift/kl"]
+
+
+@pytest.mark.slow
+def test_fewest_steers_quick_variant_is_well_formed(tmp_path, defacto_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "LOCALPREF_SHARED": str(defacto_dir.parents[1])}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(EXP / "run.py"), "--out", str(out), "--quick", "--jobs", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["quick"] and set(settings["parts"]) == {"tiny-lists", "tiny-arith", "smollm2-lists", "defacto"}
+    results = [json.loads(f.read_text()) for f in out.glob("*/runs/*/*/result.json")]
+    stages = {(r["part"], r["stage"]) for r in results}
+    for part in ("tiny-lists", "tiny-arith"):
+        assert {(part, s) for s in ("base", "variant", "tune", "final", "iterate")} <= stages
+        assert (out / part / "model.json").exists() and (out / part / "tuned.json").exists()
+    assert ("smollm2-lists", "final") in stages and ("smollm2-lists", "tune") not in stages
+    assert ("defacto", "base") in stages
+    base = [r for r in results if r["stage"] == "base"]
+    assert all(r["metrics"]["eval/span/reward_ties"] == 1.0 for r in base)  # learning rate 0: the reference
+    for r in results:
+        keys = STEER_KEYS if r["part"] != "defacto" else STEER_KEYS[3:]
+        assert all(k in r["metrics"] for k in keys), (r["name"], sorted(r["metrics"]))
+        assert r["data"]["data/train_pairs"] > 0
+    rounds = [r for r in results if r["stage"] == "iterate" and r.get("round") == 2]
+    assert len(rounds) == 4  # two methods x two seeds of tiny-lists, two methods x one seed of tiny-arith
+    tiny_lists_final = [r for r in results if (r["part"], r["stage"]) == ("tiny-lists", "final")]
+    assert len(tiny_lists_final) == 7 * 2 * 2  # methods x seeds x budgets
+    # annotation cost: a rewrite method at the same budget never spends more than the budget
+    for r in tiny_lists_final:
+        assert r["data"]["data/collected/chars"] <= r["budget_chars"]
+
+    gen, summary = tmp_path / "generated", tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, str(EXP / "analyze.py"), str(out), "--summary", str(summary),
+                           "--generated", str(gen)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = (gen / "headline_tiny-lists.md").read_text().splitlines()
+    assert len(table) == 2 + 1 + 7  # header, rule, base model, seven methods
+    assert (gen / "curves_tiny-lists.pdf").stat().st_size > 0
+    assert (gen / "rounds_tiny-lists.md").exists() and (gen / "defacto.md").exists()
+    numbers = (gen / "numbers.tex").read_text()
+    assert "\\newcommand{\\fsTinyListsLocalizedSpv}" in numbers and "\\newcommand{\\fsQuick}{yes}" in numbers
