@@ -5,10 +5,12 @@ The loop and the losses never index rows themselves. They ask the batch for
 * ``model_inputs()``: what the model's forward takes,
 * ``masks(kind)``: the chosen/rejected masks of the tokens to score (``"span"`` or ``"completion"``),
 * ``split(per_token)``: the per-token output of that forward, split into chosen and rejected,
-* ``chosen_inputs()``: the chosen sequences alone (SFT never looks at the rejected ones),
+* ``to_rows(chosen, rejected)``: per-pair masks placed on the forward's rows (what to score),
+* ``chosen_only()``: the same pairs with the chosen sequences alone (SFT never looks at the
+  rejected ones),
 
-so a later layout (chosen and rejected sharing their prefix in one packed sequence, steer trees)
-only has to implement these.
+so the packed layouts (``localpref.packing``: chosen and rejected sharing their prefix in one
+row, steer trees) only implement these.
 
 Axis letters: ``b`` pairs, ``t`` tokens. The padded layout here stacks the ``b`` chosen rows on
 top of the ``b`` rejected rows, so one forward of ``2b`` rows serves both.
@@ -28,15 +30,20 @@ class PairBatch(Protocol):
 
     index: Tensor  # (b,) positions of the pairs in their dataset (for cached reference log-probs)
 
+    @property
+    def num_pairs(self) -> int: ...
+
     def model_inputs(self) -> dict[str, Tensor]: ...
 
-    def chosen_inputs(self) -> dict[str, Tensor]: ...
+    def chosen_only(self) -> "PairBatch": ...
 
     def labels(self) -> Tensor: ...
 
     def masks(self, kind: str) -> tuple[Tensor, Tensor]: ...
 
     def split(self, per_token: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def to_rows(self, chosen: Tensor, rejected: Tensor) -> Tensor: ...
 
     def to(self, device: torch.device) -> "PairBatch": ...
 
@@ -68,10 +75,11 @@ class PaddedPairBatch:
     def model_inputs(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
-    def chosen_inputs(self) -> dict[str, Tensor]:
-        """Model inputs of the b chosen rows only; outputs line up with ``masks(kind)[0]``."""
+    def chosen_only(self) -> "PaddedPairBatch":
+        """The b chosen rows alone; its ``split`` gives the chosen side and an empty (0, t) rejected one."""
         b = self.num_pairs
-        return {"input_ids": self.input_ids[:b], "attention_mask": self.attention_mask[:b]}
+        return PaddedPairBatch(*(x[:b] for x in (self.input_ids, self.attention_mask, self.span_mask,
+                                                 self.completion_mask)), self.index)
 
     def labels(self) -> Tensor:
         """(2b, t) the token to score at each position (the input itself; shifted by the scorer)."""
@@ -89,6 +97,15 @@ class PaddedPairBatch:
         """(2b, t, ...) -> chosen (b, t, ...), rejected (b, t, ...)."""
         b = self.num_pairs
         return per_token[:b], per_token[b:]
+
+    def to_rows(self, chosen: Tensor, rejected: Tensor) -> Tensor:
+        """(b, t), (b, t) -> (2b, t): chosen rows on top of rejected rows (the inverse of ``split``)."""
+        return torch.cat([chosen, rejected])
+
+    @property
+    def num_tokens(self) -> int:
+        """Row tokens that are not padding."""
+        return int(self.attention_mask.sum())
 
     def to(self, device: torch.device) -> "PaddedPairBatch":
         return PaddedPairBatch(*(x.to(device) for x in (self.input_ids, self.attention_mask,

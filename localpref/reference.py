@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from localpref.collate import collate_padded
 from localpref.logprobs import token_logps, token_logps_from_hidden
 from localpref.models import cache_root
+from localpref.packing import packed_attention_mask
 
 if TYPE_CHECKING:
     from localpref.log import Progress
@@ -92,9 +93,12 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | str:
 class TokenScorer(nn.Module):
     """Causal LM -> per-token log-probs of the input's own tokens at the masked positions.
 
-    forward(input_ids (r, t), attention_mask (r, t), score_mask (r, t)) -> (r, t) float32, where
-    out[:, i] = log p(input_ids[:, i] | input_ids[:, :i]) if score_mask[:, i] else 0. The shift is
-    here and only here: logits[:, i-1] score ids[:, i]; position 0 has no logits and scores 0.
+    forward(input_ids (r, t), attention_mask (r, t), score_mask (r, t), position_ids (r, t) | None)
+    -> (r, t) float32, where out[:, i] = log p(input_ids[:, i] | what position i attends to) if
+    score_mask[:, i] else 0. The shift is here and only here: logits[:, i-1] score ids[:, i];
+    position 0 has no logits and scores 0. A packed layout (``localpref.packing``) passes a
+    (r, 1, t, t) boolean attention mask and position ids; the mask is handed to the model in the
+    form its attention takes (``packed_attention_mask``), or refused for an untested model family.
     Without a ``score_mask`` it returns the raw (r, t, v) logits (``logits()``): every use of the
     model goes through this module's ``__call__``, so a wrapper's hooks run (FSDP2 gathers the
     root's sharded embedding, norm and lm_head there).
@@ -118,19 +122,25 @@ class TokenScorer(nn.Module):
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def _attention(self, attention_mask: Tensor) -> Any:
+        """A packed layout's (r, 1, t, t) bool mask in the model's form; a 2D padding mask as it is."""
+        return packed_attention_mask(self.model, attention_mask) if attention_mask.ndim == 4 else attention_mask
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         """(r, t, v) raw logits (model dtype; autocast to bf16 when precision=bf16)."""
-        return self(input_ids, attention_mask)
+        return self(input_ids, attention_mask, None, position_ids)
 
-    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None) -> Tensor:
         with self._autocast(input_ids.device):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return self.model(input_ids=input_ids, attention_mask=self._attention(attention_mask),
+                              position_ids=position_ids, use_cache=False).logits
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
         if score_mask is None:
-            return self._logits(input_ids, attention_mask)  # (r, t, v)
+            return self._logits(input_ids, attention_mask, position_ids)  # (r, t, v)
         if not self.span_only:
-            logits = self._logits(input_ids, attention_mask)  # (r, t, v)
+            logits = self._logits(input_ids, attention_mask, position_ids)  # (r, t, v)
             scored = token_logps(logits[:, :-1], input_ids[:, 1:], score_mask[:, 1:])  # (r, t-1) fp32
             return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
         # Looked up per call rather than stored: registering them again as submodules would
@@ -140,7 +150,8 @@ class TokenScorer(nn.Module):
             raise RuntimeError(f"the model changed after TokenScorer chose the span-only path: {parts}")
         backbone, head = parts
         with self._autocast(input_ids.device):
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = backbone(input_ids=input_ids, attention_mask=self._attention(attention_mask),
+                              position_ids=position_ids, use_cache=False).last_hidden_state
         mask = score_mask[:, 1:]  # (r, t-1): hidden[:, i-1] scores ids[:, i]
         h = hidden[:, :-1][mask]  # (n, d)
         weight = head.weight  # (v, d)
@@ -154,11 +165,11 @@ class TokenScorer(nn.Module):
 
 
 def score_batch(scorer: nn.Module, batch, mask_kind: str) -> tuple[Tensor, Tensor]:
-    """Per-token log-probs of the tokens in ``batch.masks(mask_kind)``: (chosen (b, t), rejected (b, t))."""
-    chosen_mask, rejected_mask = batch.masks(mask_kind)
-    score_mask = torch.cat([chosen_mask, rejected_mask])  # (2b, t) in the padded layout
-    inputs = batch.model_inputs()
-    return batch.split(scorer(inputs["input_ids"], inputs["attention_mask"], score_mask))
+    """Per-token log-probs of the tokens in ``batch.masks(mask_kind)`` (0 elsewhere): (chosen (b, t), rejected (b, t))."""
+    masks = batch.masks(mask_kind)
+    per_token = scorer(score_mask=batch.to_rows(*masks), **batch.model_inputs())  # (r, t) in the batch's layout
+    # In a packed row a token this pair does not score may be scored for another pair: keep each pair's own.
+    return tuple(torch.where(mask, logps, 0.0) for logps, mask in zip(batch.split(per_token), masks))
 
 
 class ModelReference:
@@ -190,10 +201,9 @@ class ModelReference:
 
     @torch.no_grad()
     def logits(self, batch) -> Tensor | None:
-        """(2b, t, v) reference logits (for the KL drift metric)."""
-        inputs = batch.model_inputs()
+        """(r, t, v) reference logits in the batch's layout (for the KL drift metric)."""
         with self._context():
-            return self.scorer.logits(inputs["input_ids"], inputs["attention_mask"])
+            return self.scorer.logits(**batch.model_inputs())
 
 
 def make_model_reference(kind: str, policy: TokenScorer) -> ModelReference:
@@ -284,11 +294,9 @@ class PrecomputedReference:
             idx = list(range(start, min(start + batch_size, len(examples))))
             batch = collate_padded([examples[i] for i in idx], idx, pad_id).to(device)
             stored = tuple(s | c for s, c in zip(batch.masks("span"), batch.masks("completion")))
-            scorer_mask = torch.cat(stored)  # (2b, t)
-            inputs = batch.model_inputs()
             with reference._context():
-                chosen, rejected = batch.split(reference.scorer(inputs["input_ids"], inputs["attention_mask"],
-                                                                scorer_mask))
+                chosen, rejected = batch.split(reference.scorer(score_mask=batch.to_rows(*stored),
+                                                                **batch.model_inputs()))
             for row, i in enumerate(idx):
                 table[f"chosen/{i}"] = chosen[row][stored[0][row]].cpu().contiguous()
                 table[f"rejected/{i}"] = rejected[row][stored[1][row]].cpu().contiguous()

@@ -129,8 +129,8 @@ def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.T
     """(loss sum (), detached metric sums) of one micro-batch; the caller divides by global counts."""
     chosen_mask, rejected_mask = batch.masks(cfg.mask)
     if cfg.objective == "sft":  # the chosen sequences only: half the forward of a preference loss
-        inputs = batch.chosen_inputs()
-        out = sft_loss(policy(inputs["input_ids"], inputs["attention_mask"], chosen_mask), chosen_mask)
+        policy_chosen_logps, _ = score_batch(policy, batch.chosen_only(), cfg.mask)
+        out = sft_loss(policy_chosen_logps, chosen_mask)
         return out.sum, {"span/tokens": chosen_mask.sum().float()}
     policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, cfg.mask)  # (b, t) each
     ref_chosen_logps, ref_rejected_logps = (reference.token_logps(batch, cfg.mask) if needs_reference(cfg)

@@ -70,6 +70,7 @@ from typing import Any, Iterable
 
 from localpref.data.errors import OnError, SkipCounter, SteerError
 from localpref.data.schema import Steer
+from localpref.data.split import source_record
 from localpref.spans import SPAN_MODES, common_prefix_len, interval_mask, span_bounds
 
 _SENTINEL = "LOCALPREFSENTINEL0x7f3a"  # plain ASCII so that templates which trim content keep it
@@ -98,6 +99,9 @@ class TokenizedSteer:
     # Position of the source steer in the list given to tokenize_steers (which can skip steers);
     # ids need not be unique or present, so this is how a tokenized steer finds its steer.
     source_index: int | None = field(default=None, compare=False)
+    # ``localpref.data.split.source_record`` of the source steer: the steers of one trajectory (or
+    # of one edited answer) share it, and ``data.layout=trees`` packs them into one row.
+    source_record: tuple[str, str | None] | None = field(default=None, compare=False, repr=False)
 
     def span_ids(self) -> tuple[list[int], list[int]]:
         """The trained-on token ids ``(chosen, rejected)``, for inspection and logging."""
@@ -282,6 +286,7 @@ def _build(steer: Steer, enc: _Encoded, *, span: str, max_length: int | None, co
         prompt_len=prompt_len,
         id=steer.id,
         truncated_left=dropped,
+        source_record=source_record(steer),
     )
 
 
