@@ -64,6 +64,14 @@ class DataConfig:
     min_match: int = 1  # equal tokens in a row that end a hunk; shorter equal runs join it (localpref.spans)
     max_length: Optional[int] = 512  # longer: cut the tail after the span, then the left (README); no fit: on_error
     on_error: str = "skip"  # bad steers: "raise" (stop with file/line/field) | "skip" (count and log)
+    # How pairs become model inputs (localpref.packing): "unpacked" (a padded chosen row and rejected
+    # row per pair) | "pairs" (one row per steer, shared tokens once) | "trees" (one row per
+    # trajectory, its steers' branches on the final text). Same pairs, same loss, same gradient.
+    layout: str = "unpacked"
+    # Packed layouts: micro-batches take whole rows, longest first, while rows x longest row stays
+    # within this many tokens (trainer.micro_batch_size x grad_accum then only sets the pairs per
+    # step); None: micro_batch_size pairs per micro-batch, as unpacked.
+    tokens_per_micro_batch: Optional[int] = None
 
 
 @dataclass
@@ -171,6 +179,7 @@ _CHOICES = {
     "data.span": ("hunk", "continuation", "completion"),
     "data.eval_span": (None, "hunk", "continuation", "completion"),
     "data.on_error": ("raise", "skip"),
+    "data.layout": ("unpacked", "pairs", "trees"),
     "loss.objective": ("sft", "preference"),
     "loss.mask": ("span", "completion"),
     "loss.aggregation": ("sum", "mean"),
@@ -222,6 +231,11 @@ def validate(cfg: TrainConfig) -> None:
                          f"data.context_after={cfg.data.context_after} >= 0")
     if not 0.0 < cfg.data.eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")
+    if cfg.data.tokens_per_micro_batch is not None:
+        if cfg.data.layout == "unpacked":
+            raise ValueError("data.tokens_per_micro_batch applies to data.layout=pairs|trees only")
+        if cfg.data.tokens_per_micro_batch < 1:
+            raise ValueError(f"data.tokens_per_micro_batch={cfg.data.tokens_per_micro_batch} must be >= 1")
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
         raise ValueError("reference=adapter_disabled needs peft=lora (there are no adapters to disable)")
     t = cfg.trainer

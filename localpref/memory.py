@@ -6,6 +6,8 @@ statistic, so ``PeakTensorBytes`` watches ATen ops instead.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import weakref
 
 import torch
@@ -50,3 +52,27 @@ class PeakTensorBytes(TorchDispatchMode):
                 self.peak = max(self.peak, self.live)
                 weakref.finalize(s, self._free, key, s.nbytes())
         return out
+
+
+# glibc's mallopt parameter number for the mmap threshold (malloc.h: M_MMAP_THRESHOLD).
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Have glibc serve every CPU allocation of ``threshold`` bytes or more with its own mmap.
+
+    Why: glibc starts with a 128 KiB mmap threshold but raises it (up to 32 MiB) each time a
+    mapped block is freed, so after the first step the activations of a forward (tens of MiB
+    each) come from the heap, and a heap freed in the middle stays resident. Measured on
+    SmolLM2-135M + LoRA, one micro-batch of 4 DeFacto pairs (8 x 791 tokens, CPU): live tensors
+    peak at 7.4 GB, the resident set at 13.8 GB; with a fixed 1 MiB threshold the resident set
+    peaks at 8.4 GB, and a freed activation goes back to the OS at once. Setting the threshold
+    also turns glibc's raising off. No-op (False) off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False

@@ -169,6 +169,17 @@ def groups(examples: Sequence, layout: str) -> list[list[int]]:
     return list(out.values())
 
 
+def epoch_order(examples: Sequence, generator: torch.Generator) -> list[int]:
+    """A permutation of the dataset that keeps each trajectory's steers together, in order.
+
+    The groups of ``groups(examples, "trees")`` are permuted, so that a step can hold whole
+    trajectories. Every layout uses this order, so they all see the same pairs in the same steps;
+    with no trajectories it is ``torch.randperm(len(examples), generator=generator)``.
+    """
+    parts = groups(examples, "trees")
+    return [i for g in torch.randperm(len(parts), generator=generator).tolist() for i in parts[g]]
+
+
 def _sequences(examples: Sequence, sides: tuple[str, ...]) -> list[list[int]]:
     return [getattr(e, f"{side}_ids") for e in examples for side in sides]
 
