@@ -20,8 +20,15 @@ localized loss are compared on the same numbers.
 Policy and reference log-probs come through the same path: ``TokenScorer``'s forward scoring the
 completion tokens (the span lies inside the completion), exactly what ``reference=precomputed``
 caches. Otherwise at step 0 the margin would be the difference of two roundings (under bf16,
-full bf16 logits vs the fp32-accumulated span-only projection) rather than 0. Only the KL needs
-full logits, of the chosen rows.
+full bf16 logits vs the fp32-accumulated span-only projection) rather than 0.
+
+Cost: one policy forward and one reference forward per batch, in the training layout
+(``data.layout``: shared tokens once), with no logits but those of scored tokens. The KL reads
+the rows the head sees at the chosen completion tokens from the same two forwards and projects
+them through lm_head a chunk of rows at a time (a ``(rows, v)`` fp32 block under
+``logprobs.CHUNK_BYTES``). The reference never changes, so ``reference_cache`` (a dict the caller
+keeps) holds its outputs from the first evaluation for the later ones (rows only while they
+fit in ``CACHE_BYTES``); from then on an evaluation is one policy forward.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ import importlib
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from localpref.collate import collate_padded
 from localpref.log import Progress
-from localpref.reference import score_batch
+from localpref.logprobs import CHUNK_BYTES
+from localpref.packing import collate, groups
+from localpref.reference import score_and_keep
+
+CACHE_BYTES = 1 << 30
+"""Most bytes of reference rows ``evaluate`` keeps between evaluations (1 GiB)."""
 
 
 def _seq(logps: Tensor, mask: Tensor) -> Tensor:
@@ -43,11 +53,20 @@ def _seq(logps: Tensor, mask: Tensor) -> Tensor:
     return (logps * mask).sum(-1)
 
 
-def _kl_sum(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
-    """() sum over masked positions of KL(pi || ref), fp32. Logits (b, t, v) already predict mask's tokens."""
-    p = torch.log_softmax(policy_logits[mask].float(), -1)  # (n, v) fp32: the KL is a small difference
-    q = torch.log_softmax(ref_logits[mask].float(), -1)
-    return (p.exp() * (p - q)).sum()
+def _kl_rows(scorer, policy_rows: Tensor, ref_rows: Tensor) -> Tensor:
+    """(n,) KL(pi || ref) of the next-token distributions the head makes of (n, d) rows, fp32.
+
+    fp32 because the KL is a small difference of large terms. Computed a chunk of rows at a time,
+    so that no more than a ``CHUNK_BYTES`` (rows, v) block of each side is alive.
+    """
+    v = scorer(project=policy_rows[:1]).shape[-1]
+    step = max(1, CHUNK_BYTES // (4 * v))
+    out = []
+    for s in range(0, policy_rows.shape[0], step):
+        p = torch.log_softmax(scorer(project=policy_rows[s:s + step]), -1)  # (rows, v) fp32
+        q = torch.log_softmax(scorer(project=ref_rows[s:s + step].to(policy_rows.device)), -1)
+        out.append((p.exp() * (p - q)).sum(-1))
+    return torch.cat(out) if out else policy_rows.new_zeros(0, dtype=torch.float32)
 
 
 def _span_metrics(pol_c: Tensor, pol_r: Tensor, ref_c: Tensor, ref_r: Tensor, batch) -> dict[str, Tensor]:
@@ -64,46 +83,64 @@ def _span_metrics(pol_c: Tensor, pol_r: Tensor, ref_c: Tensor, ref_r: Tensor, ba
             "drift/nll": -_seq(pol_c, comp_c).sum()}
 
 
-def _drift_kl(scorer, reference, batch) -> Tensor | None:
-    """() KL(pi || ref) summed over the chosen completions' positions, or None without reference logits."""
-    ref_logits = reference.logits(batch)  # (2b, t, v) or None
-    if ref_logits is None:
-        return None
-    b = batch.num_pairs
-    inputs = batch.chosen_inputs()
-    policy_logits = scorer.logits(inputs["input_ids"], inputs["attention_mask"])  # (b, t, v)
+def _drift_kl(scorer, policy_rows: Tensor, ref_rows: Tensor, batch, keep: Tensor) -> Tensor:
+    """() KL(pi || ref) summed over each pair's chosen completion tokens (the distributions that
+    predict them); rows (n_keep, d) of the row tokens ``keep`` (r, t) marks, in row-major order."""
+    kl = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
+    kl = kl.masked_scatter(keep, _kl_rows(scorer, policy_rows, ref_rows))  # (r, t)
     comp_c, _ = batch.masks("completion")
-    shifted = F.pad(comp_c[:, 1:], (0, 1))  # logits at i-1 predict the token at i
-    return _kl_sum(policy_logits, ref_logits[:b], shifted)
+    # A row token shared by several pairs' chosen completions counts once per pair, as unpacked.
+    return torch.where(comp_c, batch.split(kl)[0], 0.0).sum()
+
+
+def _reference_outputs(reference, batch, keep: Tensor, cache: dict | None, key: int):
+    """(ref_c (b, t), ref_r (b, t), rows (n_keep, d) or None) of one evaluation batch, cached."""
+    if cache is not None and key in cache:
+        ref_c, ref_r, rows = cache[key]
+        device = keep.device
+        return ref_c.to(device), ref_r.to(device), rows if rows is None else rows.to(device)
+    ref_c, ref_r, rows = reference.score_and_keep(batch, "completion", keep)
+    if cache is not None:
+        held = sum(x.numel() * x.element_size() for _, _, x in cache.values() if x is not None)
+        if rows is None or held + rows.numel() * rows.element_size() <= CACHE_BYTES:
+            cache[key] = (ref_c.cpu(), ref_r.cpu(), None if rows is None else rows.cpu())
+    return ref_c, ref_r, rows
 
 
 @torch.no_grad()
-def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: int,
-             device: torch.device, progress: Progress | None = None) -> dict[str, float]:
+def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: int, device: torch.device,
+             layout: str = "unpacked", progress: Progress | None = None,
+             reference_cache: dict | None = None) -> dict[str, float]:
     """Held-out metrics (module docstring) of the policy in ``scorer`` against ``reference``;
-    ``progress`` advances by the pairs of each batch."""
+    batches of ``batch_size`` pairs in ``layout``; ``progress`` advances by the pairs of each
+    batch; ``reference_cache``: a dict kept across evaluations of the same examples and layout."""
     if not examples:
         return {}
     was_training = scorer.training
     scorer.eval()
     sums: dict[str, float] = {}
     pairs = span_tokens = completion_tokens = 0
-    for start in range(0, len(examples), batch_size):
-        idx = list(range(start, min(start + batch_size, len(examples))))
-        batch = collate_padded([examples[i] for i in idx], idx, pad_id).to(device)
-        pol_c, pol_r = score_batch(scorer, batch, "completion")  # (b, t) each; the span is inside
-        ref_c, ref_r = reference.token_logps(batch, "completion")
+    # Batches of similar lengths (a trajectory's steers stay together): the sums do not depend on
+    # the order, the padding does.
+    parts = sorted(groups(examples, "trees"), key=lambda g: max(len(examples[i].chosen_ids) for i in g))
+    order = [i for g in parts for i in g]
+    for key, start in enumerate(range(0, len(examples), batch_size)):
+        idx = order[start:start + batch_size]
+        batch = collate(examples, idx, pad_id, layout=layout).to(device)
+        comp_c, comp_r = batch.masks("completion")
+        keep = batch.to_rows(comp_c, torch.zeros_like(comp_r))  # (r, t): the chosen completions' tokens
+        pol_c, pol_r, pol_rows = score_and_keep(scorer, batch, "completion", keep)  # the span is inside
+        ref_c, ref_r, ref_rows = _reference_outputs(reference, batch, keep, reference_cache, key)
         metrics = _span_metrics(pol_c, pol_r, ref_c, ref_r, batch)
-        kl = _drift_kl(scorer, reference, batch)
-        if kl is not None:
-            metrics["drift/kl"] = kl
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+        if ref_rows is not None:
+            metrics["drift/kl"] = _drift_kl(scorer, pol_rows, ref_rows, batch, keep)
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
         pairs += batch.num_pairs
         if progress is not None:
             progress.update(advance=batch.num_pairs)
         span_tokens += int(batch.masks("span")[0].sum())
-        completion_tokens += int(batch.masks("completion")[0].sum())
+        completion_tokens += int(comp_c.sum())
     scorer.train(was_training)
     per_token = {"span/nll": span_tokens, "drift/nll": completion_tokens, "drift/kl": completion_tokens}
     return {k: v / max(per_token.get(k, pairs), 1) for k, v in sums.items()}

@@ -57,6 +57,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from localpref.collate import collate_padded
 from localpref.spans import common_prefix_len
 
 LAYOUTS = ("unpacked", "pairs", "trees")
@@ -190,30 +191,43 @@ def micro_batches(examples: Sequence, idx: Sequence[int], *, layout: str, micro_
 
     Without a token budget (``unpacked``, or ``tokens_per_micro_batch`` None) every
     ``micro_batch_size`` consecutive pairs make one, as in the padded layout. With one, whole
-    groups (``groups``) are taken longest first, and a micro-batch takes rows while
-    ``rows x longest row`` (the padded size of its input) stays within the budget; a row longer
-    than the budget gets a micro-batch of its own. Which pairs make a step never changes, only
+    groups (``groups``; one longer than the budget is cut into consecutive parts that fit) are
+    taken longest first, and a micro-batch takes rows while ``rows x longest row`` (the padded
+    size of its input) stays within the budget; a row longer than the budget is alone. Which pairs make a step never changes, only
     how they are cut, so the step's gradient is the same (the loop divides by global counts).
     """
     idx = list(idx)
     if layout == "unpacked" or tokens_per_micro_batch is None:
         return [idx[k:k + micro_batch_size] for k in range(0, len(idx), micro_batch_size)]
-    rows = []
-    for group in groups([examples[i] for i in idx], layout):
-        members = [idx[k] for k in group]
-        rows.append((len(lay_out(_sequences([examples[i] for i in members], ("chosen", "rejected"))).ids),
-                     members))
+    rows = [row for group in groups([examples[i] for i in idx], layout)
+            for row in _rows_within(examples, [idx[k] for k in group], tokens_per_micro_batch)]
     rows.sort(key=lambda row: -row[0])  # similar lengths side by side: little padding
     out: list[list[int]] = []
     count = longest = 0
     for length, members in rows:
-        if out and count and (count + 1) * max(longest, length) <= tokens_per_micro_batch:
+        if out and (count + 1) * max(longest, length) <= tokens_per_micro_batch:
             out[-1] += members
             count, longest = count + 1, max(longest, length)
         else:
             out.append(list(members))
             count, longest = 1, length
     return out
+
+
+def _rows_within(examples: Sequence, members: list[int], budget: int) -> list[tuple[int, list[int]]]:
+    """(row length, steers) of one group, cut into consecutive parts whose rows fit ``budget``
+    (a steer whose own row does not fit is a part of its own)."""
+    def length(part: list[int]) -> int:
+        return len(lay_out(_sequences([examples[i] for i in part], ("chosen", "rejected"))).ids)
+
+    parts: list[tuple[int, list[int]]] = []
+    for i in members:
+        grown = length(parts[-1][1] + [i]) if parts else budget + 1
+        if grown <= budget:
+            parts[-1] = (grown, parts[-1][1] + [i])
+        else:
+            parts.append((length([i]), [i]))
+    return parts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,6 +321,14 @@ class PackedPairBatch:
         tensors = ("input_ids", "position_ids", "end", "chosen_index", "rejected_index", "span_mask",
                    "completion_mask", "index", "lengths")
         return replace(self, **{k: getattr(self, k).to(device) for k in tensors})
+
+
+def collate(dataset: Sequence, indices: Sequence[int], pad_id: int, *, layout: str):
+    """The pairs ``dataset[i] for i in indices`` as one batch of ``layout`` (``localpref.collate.PairBatch``)."""
+    examples = [dataset[i] for i in indices]
+    if layout == "unpacked":
+        return collate_padded(examples, indices, pad_id)
+    return collate_packed(examples, indices, pad_id, layout=layout)
 
 
 def collate_packed(examples: Sequence, indices: Sequence[int], pad_id: int, *, layout: str,

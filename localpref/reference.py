@@ -31,10 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from localpref.collate import collate_padded
 from localpref.logprobs import token_logps, token_logps_from_hidden
 from localpref.models import cache_root
-from localpref.packing import packed_attention_mask
+from localpref.packing import collate, packed_attention_mask
 
 if TYPE_CHECKING:
     from localpref.log import Progress
@@ -135,20 +134,27 @@ class TokenScorer(nn.Module):
             return self.model(input_ids=input_ids, attention_mask=self._attention(attention_mask),
                               position_ids=position_ids, use_cache=False).logits
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor | None = None,
-                position_ids: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                score_mask: Tensor | None = None, position_ids: Tensor | None = None, *,
+                keep: Tensor | None = None, project: Tensor | None = None) -> Any:
+        """Log-probs (r, t) of ``score_mask``'s tokens (class docstring); without a score mask the
+        (r, t, v) logits. ``keep`` (r, t) bool also returns, as ``(log-probs, rows)``, the rows the
+        head reads to predict each kept token (token i: the hidden state at i - 1), (n_keep, d) in
+        row-major order; ``project=rows`` alone turns such rows into (n, v) fp32 logits. With the
+        full-logits path the rows are already logits and ``project`` only casts them. (Evaluation
+        uses these for its KL; they are modes of ``forward`` so that a wrapper's hooks run.)"""
+        if project is not None:
+            return self._project(project)
         if score_mask is None:
             return self._logits(input_ids, attention_mask, position_ids)  # (r, t, v)
         if not self.span_only:
             logits = self._logits(input_ids, attention_mask, position_ids)  # (r, t, v)
             scored = token_logps(logits[:, :-1], input_ids[:, 1:], score_mask[:, 1:])  # (r, t-1) fp32
-            return torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
+            out = torch.nn.functional.pad(scored, (1, 0))  # (r, t): re-align to input positions
+            return out if keep is None else (out, logits[:, :-1][keep[:, 1:]])
         # Looked up per call rather than stored: registering them again as submodules would
         # duplicate their weights in state_dict.
-        parts = causal_lm_parts(self.model)
-        if isinstance(parts, str):
-            raise RuntimeError(f"the model changed after TokenScorer chose the span-only path: {parts}")
-        backbone, head = parts
+        backbone, head = self._parts()
         with self._autocast(input_ids.device):
             hidden = backbone(input_ids=input_ids, attention_mask=self._attention(attention_mask),
                               position_ids=position_ids, use_cache=False).last_hidden_state
@@ -161,15 +167,44 @@ class TokenScorer(nn.Module):
             h, weight = h.to(torch.bfloat16), weight.to(torch.bfloat16)
         row_logps = token_logps_from_hidden(h, weight, input_ids[:, 1:][mask])  # (n,) fp32
         scored = torch.zeros(mask.shape, dtype=row_logps.dtype, device=row_logps.device)
-        return torch.nn.functional.pad(scored.masked_scatter(mask, row_logps), (1, 0))  # (r, t)
+        out = torch.nn.functional.pad(scored.masked_scatter(mask, row_logps), (1, 0))  # (r, t)
+        return out if keep is None else (out, hidden[:, :-1][keep[:, 1:]])
+
+    def _parts(self) -> tuple[nn.Module, nn.Module]:
+        parts = causal_lm_parts(self.model)
+        if isinstance(parts, str):
+            raise RuntimeError(f"the model changed after TokenScorer chose the span-only path: {parts}")
+        return parts
+
+    def _project(self, rows: Tensor) -> Tensor:
+        """(n, d) hidden rows -> (n, v) fp32 logits, as the span-only path computes them (or cast logits rows)."""
+        if not self.span_only:
+            return rows.float()
+        weight = self._parts()[1].weight  # (v, d)
+        if self.precision == "bf16":  # bf16 operands, fp32 accumulation: as token_logps_from_hidden
+            rows, weight = rows.to(torch.bfloat16), weight.to(torch.bfloat16)
+        return rows.float() @ weight.float().T
 
 
 def score_batch(scorer: nn.Module, batch, mask_kind: str) -> tuple[Tensor, Tensor]:
     """Per-token log-probs of the tokens in ``batch.masks(mask_kind)`` (0 elsewhere): (chosen (b, t), rejected (b, t))."""
     masks = batch.masks(mask_kind)
     per_token = scorer(score_mask=batch.to_rows(*masks), **batch.model_inputs())  # (r, t) in the batch's layout
+    return _own(batch, per_token, masks)
+
+
+def score_and_keep(scorer: nn.Module, batch, mask_kind: str, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``score_batch`` plus the head's input rows (n_keep, d) for the row tokens ``keep`` (r, t)
+    marks (``TokenScorer``'s ``keep``), from the same forward."""
+    masks = batch.masks(mask_kind)
+    per_token, rows = scorer(score_mask=batch.to_rows(*masks), keep=keep, **batch.model_inputs())
+    return (*_own(batch, per_token, masks), rows)
+
+
+def _own(batch, per_token: Tensor, masks: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     # In a packed row a token this pair does not score may be scored for another pair: keep each pair's own.
-    return tuple(torch.where(mask, logps, 0.0) for logps, mask in zip(batch.split(per_token), masks))
+    chosen, rejected = batch.split(per_token)
+    return torch.where(masks[0], chosen, 0.0), torch.where(masks[1], rejected, 0.0)
 
 
 class ModelReference:
@@ -200,10 +235,10 @@ class ModelReference:
             return score_batch(self.scorer, batch, mask_kind)
 
     @torch.no_grad()
-    def logits(self, batch) -> Tensor | None:
-        """(r, t, v) reference logits in the batch's layout (for the KL drift metric)."""
+    def score_and_keep(self, batch, mask_kind: str, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``reference.score_and_keep`` with the reference (for evaluation's KL)."""
         with self._context():
-            return self.scorer.logits(**batch.model_inputs())
+            return score_and_keep(self.scorer, batch, mask_kind, keep)
 
 
 def make_model_reference(kind: str, policy: TokenScorer) -> ModelReference:
@@ -276,15 +311,19 @@ class PrecomputedReference:
             out.append(logps.to(kind_mask.device) * kind_mask)
         return out[0], out[1]
 
-    def logits(self, batch) -> None:
-        return None  # no model kept: drift KL is not available with precomputed references
+    def score_and_keep(self, batch, mask_kind: str, keep: Tensor) -> tuple[Tensor, Tensor, None]:
+        """No model is kept, so no rows: drift KL is not available with precomputed references."""
+        return (*self.token_logps(batch, mask_kind), None)
 
     @classmethod
     @torch.no_grad()
     def build(cls, reference: ModelReference, examples: Sequence, pad_id: int, *, batch_size: int,
-              device: torch.device, progress: Progress | None = None) -> tuple["PrecomputedReference", Path]:
+              device: torch.device, layout: str = "unpacked",
+              progress: Progress | None = None) -> tuple["PrecomputedReference", Path]:
         """Load the cached table for (model, weights, precision, examples) or compute and store it
-        atomically; ``progress`` (a ``localpref.log.Progress``) advances by the pairs scored."""
+        atomically, scoring ``batch_size`` pairs at a time in ``layout``; ``progress`` (a
+        ``localpref.log.Progress``) advances by the pairs scored. The layout is not in the key:
+        the layouts agree to fp32 rounding, and a sweep over layouts shares one table."""
         key = _fingerprint(reference.scorer, examples)
         folder = cache_root() / "reflogps" / key
         if (folder / "logps.safetensors").exists():
@@ -292,7 +331,7 @@ class PrecomputedReference:
         table: dict[str, Tensor] = {}
         for start in range(0, len(examples), batch_size):
             idx = list(range(start, min(start + batch_size, len(examples))))
-            batch = collate_padded([examples[i] for i in idx], idx, pad_id).to(device)
+            batch = collate(examples, idx, pad_id, layout=layout).to(device)
             stored = tuple(s | c for s, c in zip(batch.masks("span"), batch.masks("completion")))
             with reference._context():
                 chosen, rejected = batch.split(reference.scorer(score_mask=batch.to_rows(*stored),

@@ -24,14 +24,15 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from localpref.checkpoint import TrainState, export_pretrained, latest_checkpoint, load_checkpoint, save_checkpoint
-from localpref.collate import collate_padded
 from localpref.config import DataConfig, LossConfig, TrainConfig, validate
 from localpref.distributed import (all_reduce_sum, gather_full_state_dict, gathered_root, init_processes,
                                    no_grad_sync, wrap_for_processes)
 from localpref.evaluate import evaluate, load_hook
 from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
+from localpref.memory import return_freed_memory
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
 from localpref.models import build_model
+from localpref.packing import check_packed_attention, collate, epoch_order, micro_batches
 from localpref.reference import PrecomputedReference, TokenScorer, make_model_reference, score_batch
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -174,6 +175,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     # Model, data (tokenized once), reference.
     model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
     model.to(procs.device)
+    if cfg.data.layout != "unpacked":
+        check_packed_attention(model)  # an untested model family fails here, not at the first forward
+    if procs.device.type == "cpu":
+        return_freed_memory()  # freed activations leave the resident set (see localpref.memory)
     train_steers, eval_steers, load_counts = load_data(cfg.data)
     tok = dict(span=cfg.data.span, max_length=cfg.data.max_length, context_after=cfg.data.context_after,
                min_match=cfg.data.min_match, on_error=cfg.data.on_error)
@@ -206,7 +211,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     model_ref = make_model_reference(source, scorer)
     train_ref = eval_ref = model_ref
     if cfg.reference.kind == "precomputed":
-        build = dict(batch_size=cfg.reference.batch_size, device=procs.device)  # keyed in reference.py
+        build = dict(batch_size=cfg.reference.batch_size, device=procs.device, layout=cfg.data.layout)
         with progress("reference", len(train_set), "pairs") as bar:
             train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build, progress=bar)
         with progress("reference", len(eval_set), "pairs") as bar:
@@ -226,10 +231,13 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     else:
         logger.log_metrics(0, data_stats)
 
+    eval_cache: dict = {}  # the reference's outputs on the held-out pairs, kept across evaluations
+
     def run_eval(step: int) -> dict[str, float]:
         with progress("eval", len(eval_set), "pairs") as bar:
             metrics = evaluate(scorer, eval_ref, eval_set, pad_id, batch_size=t.eval_batch_size,
-                               device=procs.device, progress=bar)
+                               device=procs.device, layout=cfg.data.layout, progress=bar,
+                               reference_cache=eval_cache)
         if cfg.steer_eval.family is not None and (step > 0 or cfg.steer_eval.before) and (procs.rank == 0 or sharded):
             with gathered_root(policy) if sharded else nullcontext():
                 metrics.update(steer_metrics(model, tokenizer, cfg.steer_eval, run_dir, final=step == t.max_steps,
@@ -250,14 +258,18 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     bar = progress("train", t.max_steps, "steps", done=state.step)
     policy.train()
     while state.step < t.max_steps:
-        # 1. This step's global batch: a slice of this epoch's permutation; each process takes every
-        #    world-th pair of it, then cuts its share into grad_accum micro-batches.
+        # 1. This step's global batch: a slice of this epoch's permutation (a trajectory's steers
+        #    side by side); each process takes a contiguous share of it and cuts that into
+        #    micro-batches (grad_accum of them, or as data.tokens_per_micro_batch fills them) in
+        #    data.layout. The layout changes how pairs are laid out, never which pairs a step has.
         if state.index + global_batch > len(train_set):
             state = TrainState(state.step, state.epoch + 1, 0)
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch))
-        mine = order[state.index: state.index + global_batch].tolist()[procs.rank::procs.world]
-        micro = [collate_padded([train_set[i] for i in idx], idx, pad_id).to(procs.device)
-                 for idx in (mine[k: k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size))]
+        order = epoch_order(train_set, torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch))
+        share = global_batch // procs.world
+        mine = order[state.index + procs.rank * share: state.index + (procs.rank + 1) * share]
+        micro = [collate(train_set, idx, pad_id, layout=cfg.data.layout).to(procs.device)
+                 for idx in micro_batches(train_set, mine, layout=cfg.data.layout, micro_batch_size=t.micro_batch_size,
+                                          tokens_per_micro_batch=cfg.data.tokens_per_micro_batch)]
 
         # 2. Global normalizer: pairs (or SFT tokens) of all micro-batches on all processes.
         count = all_reduce_sum(torch.tensor(float(sum(normalizer(b, cfg.loss) for b in micro)), device=procs.device),
@@ -271,6 +283,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
                 (loss_sum * procs.world / count).backward()
             for name, value in {"loss": loss_sum.detach(), **metrics}.items():
                 sums[name] = sums.get(name, 0) + value.float()
+        # What the layout saves: input tokens (padding excluded) per pair, logged as train/tokens_per_pair.
+        sums["tokens_per_pair"] = torch.tensor(float(sum(b.num_tokens for b in micro)), device=procs.device)
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm is not None
                      else torch.tensor(float("nan")))
         lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (scheduler.step() sets the next one)

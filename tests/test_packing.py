@@ -329,3 +329,13 @@ def test_smollm2_pairs_and_trees_equal_unpacked(lora, smollm2_tokenizer):
         model.config.num_hidden_layers = 4
     assert_layouts_agree(model, smollm2_steers(smollm2_tokenizer, flat=not lora), masks=("span",),
                          pad_id=smollm2_tokenizer.pad_token_id)
+
+
+def test_a_tree_longer_than_the_budget_is_cut_into_rows_that_fit():
+    examples = [e for e in random_steers(256, seed=5, k=4) if e.source_record == ("prompt", "traj0")]
+    whole = collate_packed(examples, list(range(4)), 0, layout="trees").input_ids.shape[1]
+    budget = whole - 1
+    micro = micro_batches(examples, list(range(4)), layout="trees", micro_batch_size=4, tokens_per_micro_batch=budget)
+    assert len(micro) > 1 and sorted(i for m in micro for i in m) == [0, 1, 2, 3]
+    for m in micro:
+        assert collate_packed([examples[i] for i in m], m, 0, layout="trees").input_ids.numel() <= budget

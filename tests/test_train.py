@@ -377,3 +377,51 @@ def test_span_only_lm_head_gives_the_full_logits_step(tmp_path, monkeypatch):
     (w_span, l_span), (w_full, l_full) = runs["true"], runs["false"]
     assert l_span == pytest.approx(l_full, rel=1e-5)
     assert_same_weights(w_span, w_full, atol=1e-5)
+
+
+def _trajectory_file(path: Path, n: int, seed: int) -> Path:
+    """Trajectory records of 3 steps each (lists of numbers corrected at three points), and flat steers."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        numbers = [str(rng.randrange(10, 99)) for _ in range(9)]
+        steps = [{"accepted": ", ".join(numbers[3 * k:3 * k + 2]) + ", ", "rejected": f"{rng.randrange(100, 999)},",
+                  "corrected": f" {numbers[3 * k + 2]}, "[1:] + ("" if k < 2 else "done")} for k in range(3)]
+        rows.append({"prompt": [{"role": "user", "content": f"List nine numbers, case {i}."}], "steps": steps,
+                     "id": f"t{i}"})
+        rows.append({"prompt": f"Say a number for case {i}:", "prefix": " I say", "rejected": " seven",
+                     "corrected": f" {numbers[0]}", "id": f"f{i}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_a_short_run_gives_the_same_metrics_in_every_layout(tmp_path):
+    # The same pairs in the same steps (epoch_order keeps a trajectory's steers together in every
+    # layout), only laid out differently: every logged metric agrees to 1e-4 (fp32 rounding; see
+    # tests/test_packing.py), in the padded layout, pairs, trees, and trees under a token budget.
+    data = ["data=jsonl", f"data.path={_trajectory_file(tmp_path / 'train.jsonl', 8, 0)}",
+            f"data.eval_path={_trajectory_file(tmp_path / 'eval.jsonl', 2, 1)}", "data.n_train=null",
+            "data.n_eval=null", "trainer.max_steps=4", "trainer.micro_batch_size=3", "trainer.grad_accum=2",
+            "trainer.lr=5e-2", "trainer.eval_every=2", "trainer.checkpoint_every=1", "loss.beta=0.5"]
+    runs = {}
+    for name, layout in [("unpacked", ["data.layout=unpacked"]), ("pairs", ["data.layout=pairs"]),
+                         ("trees", ["data.layout=trees"]),
+                         ("trees_budget", ["data.layout=trees", "data.tokens_per_micro_batch=256"])]:
+        rows = run(tmp_path / name, *data, *layout)
+        runs[name] = {(r["step"], k): v for r in rows for k, v in r.items()
+                      if k.startswith(("train/", "eval/")) and isinstance(v, float)}
+    # What differs is what the layouts are for: the input tokens per pair.
+    tokens = {name: sum(v for (_, k), v in got.items() if k == "train/tokens_per_pair") for name, got in runs.items()}
+    assert tokens["trees"] < tokens["pairs"] < tokens["unpacked"] / 1.5
+    for got in runs.values():
+        for key in [key for key in got if key[1] == "train/tokens_per_pair"]:
+            del got[key]
+    want = runs.pop("unpacked")
+    assert want[4, "eval/drift/kl"] > 1e-3 and want[4, "train/loss"] < 0.65  # the run went somewhere
+    for name, got in runs.items():
+        assert got.keys() == want.keys(), name
+        for key in want:
+            assert got[key] == pytest.approx(want[key], abs=1e-4), (name, key)

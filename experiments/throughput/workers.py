@@ -12,7 +12,8 @@ systems), adds LoRA, trains ``warmup + steps`` optimizer steps and returns (as a
   longest row), summed over the measured steps.
 
 localpref's step is the training loop's (``localpref.train``: steps 1-3 without logging), with
-its own functions: ``epoch_order``, ``micro_batches``, the collations, ``micro_batch_loss``.
+its own functions: ``epoch_order``, ``micro_batches``, ``collate``, ``micro_batch_loss``, and
+``return_freed_memory`` (which ``train`` calls on CPU).
 TRL's is ``DPOTrainer.train``, timed by a callback, reading the same steers in the same order
 (a sequential sampler over rows laid out in localpref's ``epoch_order``), so that step ``i``
 holds the same pairs in both systems.
@@ -57,38 +58,34 @@ def _model(spec: dict[str, Any], lora: bool):
 
 def run_localpref(spec: dict[str, Any]) -> dict[str, Any]:
     """A few localpref training steps in ``spec["layout"]`` (see the module docstring)."""
-    from localpref.collate import collate_padded
     from localpref.config import LossConfig
     from localpref.data.load import load_steers
     from localpref.data.tokenize import tokenize_steers
-    from localpref.packing import collate_packed, epoch_order, micro_batches
+    from localpref.memory import return_freed_memory
+    from localpref.packing import collate, epoch_order, micro_batches
     from localpref.reference import TokenScorer, make_model_reference
     from localpref.train import micro_batch_loss, normalizer
 
     model, tokenizer = _model(spec, lora=True)
     examples, _ = tokenize_steers(load_steers(spec["data"]), tokenizer, max_length=spec["max_length"])
     loss_cfg = LossConfig()  # the localized loss: sigmoid, span masks, beta 0.1
-    reference = make_model_reference("adapter_disabled", model, "fp32")
+    return_freed_memory()  # as train() does on CPU
     policy = TokenScorer(model)
+    reference = make_model_reference("adapter_disabled", policy)
     policy.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     order = epoch_order(examples, torch.Generator().manual_seed(0))
     layout, per_step = spec["layout"], spec["micro_batch_size"]
 
-    def collate(idx: list[int]):
-        chosen = [examples[i] for i in idx]
-        if layout == "unpacked":
-            return collate_padded(chosen, idx, tokenizer.pad_token_id)
-        return collate_packed(chosen, idx, tokenizer.pad_token_id, layout=layout)
-
     start_rss = reset_peak_rss()
     times, tokens, padded = [], 0, 0
     for step in range(spec["warmup"] + spec["steps"]):
         begin = time.perf_counter()
         idx = [order[(step * per_step + j) % len(order)] for j in range(per_step)]
-        micro = [collate(m) for m in micro_batches(examples, idx, layout=layout, micro_batch_size=per_step,
-                                                   tokens_per_micro_batch=spec.get("tokens_per_micro_batch"))]
+        cuts = micro_batches(examples, idx, layout=layout, micro_batch_size=per_step,
+                             tokens_per_micro_batch=spec.get("tokens_per_micro_batch"))
+        micro = [collate(examples, m, tokenizer.pad_token_id, layout=layout) for m in cuts]
         count = sum(normalizer(b, loss_cfg) for b in micro)
         for batch in micro:
             loss_sum, _ = micro_batch_loss(policy, reference, batch, loss_cfg)
