@@ -339,3 +339,98 @@ def test_a_tree_longer_than_the_budget_is_cut_into_rows_that_fit():
     assert len(micro) > 1 and sorted(i for m in micro for i in m) == [0, 1, 2, 3]
     for m in micro:
         assert collate_packed([examples[i] for i in m], m, 0, layout="trees").input_ids.numel() <= budget
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation in the packed layouts
+# ------------------------------------------------------------------------------------------------
+
+
+def plain_eval(policy: torch.nn.Module, reference: torch.nn.Module, examples) -> dict[str, float]:
+    """The held-out metrics from HF's own logits, one unpadded sequence at a time, in fp64."""
+    def logps_and_logits(model, ids):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()  # (t-1, v): predicts ids[1:]
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0], logits
+
+    sums = dict(acc=0.0, kl=0.0, nll=0.0, comp=0, span=0)
+    for e in examples:
+        side = {}
+        for name, model in (("pol", policy), ("ref", reference)):
+            for s in ("chosen", "rejected"):
+                ids = getattr(e, f"{s}_ids")
+                logps, logits = logps_and_logits(model, ids)
+                span = torch.tensor(getattr(e, f"{s}_span_mask")[1:])
+                side[name, s] = (logps[span].sum(), logps, logits)
+        margin = (side["pol", "chosen"][0] - side["pol", "rejected"][0]) - (side["ref", "chosen"][0] - side["ref", "rejected"][0])
+        sums["acc"] += float(margin > 0) + 0.5 * float(margin == 0)
+        comp = torch.tensor(e.chosen_completion_mask[1:])
+        p = torch.log_softmax(side["pol", "chosen"][2][comp], -1)
+        q = torch.log_softmax(side["ref", "chosen"][2][comp], -1)
+        sums["kl"] += float((p.exp() * (p - q)).sum())
+        sums["nll"] -= float(side["pol", "chosen"][1][comp].sum())
+        sums["comp"] += int(comp.sum())
+    return {"span/reward_accuracy": sums["acc"] / len(examples), "drift/kl": sums["kl"] / sums["comp"],
+            "drift/nll": sums["nll"] / sums["comp"]}
+
+
+@pytest.mark.parametrize("layout", ["unpacked", "pairs", "trees"])
+def test_evaluation_in_every_layout_equals_hf_logits(layout):
+    from localpref.evaluate import evaluate
+    from localpref.reference import make_model_reference
+
+    examples = random_steers(256, seed=6, k=3)
+    model = with_lora(tiny())
+    policy = TokenScorer(model)
+    reference = make_model_reference("adapter_disabled", policy)
+    got = evaluate(policy, reference, examples, 0, batch_size=4, device=torch.device("cpu"), layout=layout)
+    with model.disable_adapter():
+        base = copy.deepcopy(model.get_base_model())
+    want = plain_eval(model, base, examples)
+    assert want["drift/kl"] > 1e-4  # the adapters moved the policy away from the reference
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_later_evaluations_reuse_the_reference_outputs():
+    from localpref.evaluate import evaluate
+    from localpref.reference import make_model_reference
+
+    examples = random_steers(256, seed=7, k=3)
+    policy = TokenScorer(with_lora(tiny()))
+    reference = make_model_reference("adapter_disabled", policy)
+    calls = []
+    score = reference.score_and_keep
+    reference.score_and_keep = lambda *a, **k: calls.append(1) or score(*a, **k)
+    cache: dict = {}
+    run = lambda: evaluate(policy, reference, examples, 0, batch_size=4, device=torch.device("cpu"),  # noqa: E731
+                           layout="trees", reference_cache=cache)
+    first = run()
+    n = len(calls)
+    assert n >= 2 and len(cache) == n
+    assert run() == first and len(calls) == n  # no reference forward the second time
+
+
+@pytest.mark.gpu
+def test_flex_attention_block_mask_equals_unpacked_on_cuda():
+    # Only where FlexAttention can run (it compiles a GPU kernel); skipped without CUDA.
+    model = tiny().cuda()
+    model.config._attn_implementation = "flex_attention"
+    examples = random_steers(256, seed=8, k=3)
+    scorer = TokenScorer(model)
+    want = score_batch(scorer, collate_padded(examples, list(range(len(examples))), 0).to("cuda"), "completion")
+    for layout in ("pairs", "trees"):
+        got = score_batch(scorer, batch_in(layout, examples).to("cuda"), "completion")
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **TOL)
+
+
+def test_a_token_budget_without_a_packed_layout_is_a_config_error():
+    from localpref.config import TrainConfig, validate
+
+    cfg = TrainConfig()
+    cfg.model.source, cfg.data.source, cfg.data.tokens_per_micro_batch = "tiny", "examples", 100
+    with pytest.raises(ValueError, match="tokens_per_micro_batch applies to data.layout=pairs"):
+        validate(cfg)
+    cfg.data.layout = "pairs"
+    validate(cfg)
