@@ -1,7 +1,7 @@
 """Throughput and peak memory of localpref's layouts against TRL's DPOTrainer, measured in one run.
 
     .venv/bin/python experiments/throughput/bench.py            # SmolLM2-135M + LoRA and a tiny Llama
-    .venv/bin/python experiments/throughput/bench.py --quick    # tiny Llama, 2 steps: a smoke run
+    .venv/bin/python experiments/throughput/bench.py --quick    # tiny Llama, 1 step: a smoke run
 
 For each model and data set (DeFacto steers; synthetic trajectories of k steers, see data.py) it
 runs, each in a fresh process (``workers.py``) with the same micro-batch, max length, LoRA rank
@@ -28,10 +28,11 @@ TINY = dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256)  
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny Llama only, 2 measured steps")
+    p.add_argument("--quick", action="store_true", help="tiny Llama only, 1 measured step, no trl+mmap")
     p.add_argument("--models", default="smollm2,tiny", help="comma-separated: smollm2, tiny")
     p.add_argument("--datasets", default="defacto,trajectory")
-    p.add_argument("--systems", default="trl,unpacked,pairs,trees")
+    p.add_argument("--systems", default="trl,trl+mmap,unpacked,pairs,trees",
+                   help="trl+mmap: TRL with localpref's allocator setting (memory.return_freed_memory); DeFacto only")
     p.add_argument("--steps", type=int, default=4, help="measured optimizer steps per system")
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps before timing starts")
     p.add_argument("--micro-batch-size", type=int, default=4, help="pairs per step (one micro-batch)")
@@ -43,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one measurement (JSON spec)
     args = p.parse_args()
     if args.quick:
-        args.models, args.steps = "tiny", 2
+        args.models, args.steps, args.systems = "tiny", 1, args.systems.replace("trl+mmap,", "")
     return args
 
 
@@ -65,7 +66,7 @@ def worker_main(spec: dict) -> None:
     sys.path.insert(0, str(HERE))
     import workers
 
-    result = workers.run_trl(spec) if spec["system"] == "trl" else workers.run_localpref(spec)
+    result = workers.run_trl(spec) if spec["system"].startswith("trl") else workers.run_localpref(spec)
     print(json.dumps(result))
 
 
@@ -135,8 +136,8 @@ def main() -> None:
     for model in args.models.split(","):
         for data, path in files.items():
             for system in args.systems.split(","):
-                if system == "trees" and data != "trajectory":
-                    continue  # flat steers: trees is pairs
+                if (system == "trees" and data != "trajectory") or (system == "trl+mmap" and data != "defacto"):
+                    continue  # flat steers: trees is pairs; the allocator setting once is enough
                 spec = dict(system=system, layout=system, model=model, dataset=data, data=str(path), threads=args.threads,
                             micro_batch_size=args.micro_batch_size, max_length=args.max_length,
                             steps=args.steps, warmup=args.warmup, **({"tiny": TINY} if model == "tiny" else {}))

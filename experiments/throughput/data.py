@@ -4,8 +4,8 @@
   steer per row (the first corrected hunk), read in place with ``localpref.data.importers``.
 * Trajectories: synthetic generations steered at k points each, in localpref's trajectory
   record form. Prompt: a DeFacto article cut to a random length; the assistant's answer: words of
-  another article; at each of k points the answer goes on with ``corrected`` (the next 1-12
-  words of the answer) where the model had written ``rejected`` (1-12 other words). So a
+  another article; at each of k points the answer goes on with ``corrected`` (the next 1-8
+  words of the answer) where the model had written ``rejected`` (1-8 other words). So a
   trajectory's steers share the prompt and each earlier step's text; their shared prefixes run
   from about 256 to 1024 tokens and their spans from 1 to about 20 tokens.
 
@@ -43,23 +43,30 @@ def trajectory_file(defacto_dir: Path, out: Path, *, generations: int, k: int, s
     rng = random.Random(seed)
     articles = [json.loads(line)["article"] for line in open(defacto_dir / "train.jsonl", encoding="utf-8")]
     records = []
-    for g in range(generations):
+    while len(records) < generations:
+        g = len(records)
         article, answer = rng.sample(articles, 2)
-        # A prompt of about 180-700 tokens (SmolLM2 tokens run ~1.3 per word here).
-        prompt_words = WORDS.findall(article)[:rng.randrange(130, 520)]
+        # A prompt of about 280-680 tokens (SmolLM2 tokens run ~1.3 per word here).
+        prompt_words = WORDS.findall(article)[:rng.randrange(190, 500)]
+        if len(prompt_words) < 190:
+            continue  # too short an article
         prompt = [{"role": "user", "content": "Summarize the article.\n\n" + "".join(prompt_words).strip()}]
         said = WORDS.findall(answer)
         # k correction points spread over the first 40-230 words of the answer.
-        points = sorted(rng.sample(range(4, rng.randrange(40, 230)), k))
+        limit = min(rng.randrange(40, 230), len(said) - 10)
+        if limit - 4 < 2 * k:
+            continue  # too short an answer for k points
+        points = sorted(rng.sample(range(4, limit), k))
         steps, at = [], 0
         for point in points:
-            n_corrected, n_rejected = rng.randrange(1, 13), rng.randrange(1, 13)
             start = max(point, at)
-            corrected = "".join(said[start:start + n_corrected])
-            rejected_at = rng.randrange(len(said) - n_rejected)
-            rejected = "".join(said[rejected_at:rejected_at + n_rejected])
-            if not corrected or rejected.strip() == corrected.strip():
-                continue
+            for _ in range(100):  # until the two continuations compete at their first token
+                n_corrected, n_rejected = rng.randrange(1, 9), rng.randrange(1, 9)
+                corrected = "".join(said[start:start + n_corrected])
+                rejected_at = rng.randrange(len(said) - n_rejected)
+                rejected = "".join(said[rejected_at:rejected_at + n_rejected])
+                if corrected and not (rejected.startswith(corrected) or corrected.startswith(rejected)):
+                    break
             steps.append({"accepted": "".join(said[at:start]), "rejected": rejected, "corrected": corrected})
             at = start + n_corrected
         records.append({"prompt": prompt, "steps": steps, "id": f"gen{g}"})

@@ -67,7 +67,7 @@ def run_localpref(spec: dict[str, Any]) -> dict[str, Any]:
     from localpref.train import micro_batch_loss, normalizer
 
     model, tokenizer = _model(spec, lora=True)
-    examples, _ = tokenize_steers(load_steers(spec["data"]), tokenizer, max_length=spec["max_length"])
+    examples, _ = tokenize_steers(load_steers(spec["data"]), tokenizer, max_length=spec["max_length"], on_error="skip")
     loss_cfg = LossConfig()  # the localized loss: sigmoid, span masks, beta 0.1
     return_freed_memory()  # as train() does on CPU
     policy = TokenScorer(model)
@@ -114,11 +114,15 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from localpref.packing import epoch_order
     from data import trl_rows  # experiments/throughput/data.py (the worker runs from that folder)
 
+    if spec["system"] == "trl+mmap":  # TRL with the allocator setting localpref's training uses
+        from localpref.memory import return_freed_memory
+
+        return_freed_memory()
     model, tokenizer = _model(spec, lora=False)
     steers = {s.id: s for s in load_steers(spec["data"])}
     # The steers localpref trains on (those that tokenize within max_length), in its order, read
     # sequentially: every step holds the same pairs as localpref's step.
-    examples = tokenize_steers(steers.values(), tokenizer, max_length=spec["max_length"])[0]
+    examples = tokenize_steers(steers.values(), tokenizer, max_length=spec["max_length"], on_error="skip")[0]
     per_step, total = spec["micro_batch_size"], spec["warmup"] + spec["steps"]
     order = epoch_order(examples, torch.Generator().manual_seed(0))
     rows = trl_rows([steers[examples[order[j % len(order)]].id] for j in range(per_step * total)], tokenizer)
