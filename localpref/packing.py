@@ -60,8 +60,6 @@ from torch import Tensor
 from localpref.collate import collate_padded
 from localpref.spans import common_prefix_len
 
-LAYOUTS = ("unpacked", "pairs", "trees")
-
 # ``config.model_type`` of the families whose packed log-probs and gradients are tested equal to
 # the padded layout's (tests/test_packing.py, transformers 5.x): each builds its causal mask with
 # ``transformers.masking_utils.create_causal_mask``, which passes a 4D mask through unchanged, and

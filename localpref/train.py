@@ -29,8 +29,8 @@ from localpref.distributed import (all_reduce_sum, gather_full_state_dict, gathe
                                    no_grad_sync, wrap_for_processes)
 from localpref.evaluate import evaluate, load_hook
 from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
-from localpref.memory import return_freed_memory
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
+from localpref.memory import return_freed_memory
 from localpref.models import build_model
 from localpref.packing import check_packed_attention, collate, epoch_order, micro_batches
 from localpref.reference import PrecomputedReference, TokenScorer, make_model_reference, score_batch
