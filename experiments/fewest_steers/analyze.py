@@ -144,6 +144,25 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     return _table(f"headline_{part}", header, rows, caption), numbers
 
 
+def subfamilies(summary, part: str) -> dict[str, str]:
+    """Prompts of sub-families trained on vs the one never trained on (heldout only)."""
+    final = _runs(summary, part, "final")
+    if not final or "eval/steer/unseen/pass_rate" not in final[0]["metrics"]:
+        return {}
+    budget = max(r["budget"] for r in final)
+    rows = []
+    for method in ["base", *ORDER]:
+        runs = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
+                else _runs(summary, part, "final", method=method, budget=budget))
+        if runs:
+            rows.append([LABELS[method], *[_ci(_metric(runs, f"eval/steer/{g}/{k}")) for g in ("seen", "unseen")
+                                           for k in ("steers_per_verified", "pass_rate")]])
+    return _table(f"subfamilies_{part}", ["method", "seen: steers / verified", "seen: pass", "unseen: steers / verified",
+                                          "unseen: pass"], rows,
+                  f"{part}: held-out prompts of the sub-families trained on (seen) and of the one never trained "
+                  f"on (unseen), main budget. Mean [95\\% CI] over seeds.")
+
+
 def paired(summary, part: str) -> dict[str, str]:
     """Each method against localized DPO (paired over seeds): difference in steers per verified output."""
     final = _runs(summary, part, "final")
@@ -240,6 +259,20 @@ def small_tables(summary, part: str) -> dict[str, str]:
         out.update(_table(f"variant_{part}", ["candidate", "steers / verified", "pass rate", "span NLL", "KL"],
                           rows, f"{part}: the study choosing method 7 (val prompts, seed 0, the grid's middle "
                                 f"learning rate); the lowest steers per verified output wins."))
+    diag = _runs(summary, part, "trainprompts")
+    if diag:
+        heldout = {m: _runs(summary, part, "final", method=m, seed=diag[0]["seed"],
+                            budget=max(r["budget"] for r in _runs(summary, part, "final")))
+                   for m in ORDER}
+        heldout["base"] = _runs(summary, part, "base", eval_split="heldout", seed=diag[0]["seed"])
+        rows = [[LABELS[r["method"]], _fmt(r["metrics"].get("eval/steer/steers_per_verified")),
+                 _fmt(r["metrics"].get("eval/steer/pass_rate")),
+                 _fmt(heldout[r["method"]][0]["metrics"].get("eval/steer/steers_per_verified")) if heldout.get(r["method"]) else "--"]
+                for r in sorted(diag, key=lambda r: (["base", *ORDER]).index(r["method"]))]
+        out.update(_table(f"trainprompts_{part}", ["method", "train prompts: steers / verified", "train prompts: pass",
+                                                   "heldout: steers / verified"], rows,
+                          f"{part}: a diagnostic (seed 0, main budget): steering on the train prompts whose steers "
+                          f"were trained on, beside the same model on heldout prompts."))
     it = _runs(summary, part, "iterate")
     if it:
         rows = []
@@ -283,16 +316,16 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def timing(summary) -> dict[str, str]:
-    rows, total = [], 0.0
-    for t in summary["timing"]:
-        if t["part"] == "all":
-            total += t["seconds"]
-            continue
-        if t["jobs"]:
-            rows.append([t["part"], t["stage"], str(t["jobs"]), _fmt(t["seconds"] / 60, 1)])
-    rows.append(["all", "", "", _fmt(total / 60, 1)])
+    rows = [[t["part"], t["stage"], str(t["jobs"]), _fmt(t["seconds"] / 60, 1)]
+            for t in summary["timing"] if t["part"] != "all" and t["jobs"]]
+    rows.append(["all", "", "", _fmt(_total_seconds(summary) / 60, 1)])
     return _table("timing", ["part", "stage", "jobs", "minutes"], rows,
                   "Wall-clock of each stage on 2 CPU cores (2 worker processes).")
+
+
+def _total_seconds(summary) -> float:
+    """Wall-clock of all stages (a resumed experiment's stages add up across its processes)."""
+    return sum(t["seconds"] for t in summary["timing"] if t["part"] != "all")
 
 
 def _macro(part: str, method: str, what: str) -> str:
@@ -310,13 +343,13 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
         else:
             tex, nums = headline(summary, part)
             tex.update(paired(summary, part))
+            tex.update(subfamilies(summary, part))
             tex.update(curves(summary, part))
             tex.update(small_tables(summary, part))
         files.update(tex)
         numbers.update(nums)
     files.update(timing(summary))
-    total = sum(t["seconds"] for t in summary["timing"] if t["part"] == "all")
-    numbers["fsTotalMinutes"] = _fmt(total / 60, 0)
+    numbers["fsTotalMinutes"] = _fmt(_total_seconds(summary) / 60, 0)
     numbers["fsQuick"] = "yes" if summary["settings"]["quick"] else "no"
     for part, choices in summary["choices"].items():
         if "model" in choices:

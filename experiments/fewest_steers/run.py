@@ -22,7 +22,8 @@ exists is skipped, so rerunning the command continues where it stopped):
    learning rate with the fewest steers per verified output wins (ties: higher pass rate).
 5. ``final``: every method at its learning rate x ``seeds`` x ``budgets``, evaluated once on
    **heldout** prompts (never used for any choice).
-6. ``iterate``: the two best methods on val: round 1 trains on the first half of the budget, the
+6. ``trainprompts`` (a diagnostic): every method, seed 0, steering on the train prompts its steers
+   came from; ``iterate``: the two best methods on val: round 1 trains on the first half of the budget, the
    round-1 model collects new steers on train prompts round 1 did not use, round 2 trains it on
    the other half; compared in the analysis with one round at the whole budget (same cost).
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -280,6 +282,9 @@ def _score(result: dict) -> tuple[float, float]:
 def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> list[dict]:
     """Train runs of ``specs`` ({name, overrides, info}) not yet done; returns all their results."""
     root = runner.out / part.name / "runs" / stage
+    for s in specs:  # a run killed before it finished starts over (its checkpoints are from another run)
+        if (root / s["name"]).exists() and _done(root / s["name"]) is None:
+            shutil.rmtree(root / s["name"])
     todo = [(str(root / s["name"]), s["overrides"], {**s["info"], "part": part.name, "stage": stage, "name": s["name"]})
             for s in specs if _done(root / s["name"]) is None]
     runner.stage(part.name, stage, job_train, todo)
@@ -314,7 +319,7 @@ def run_task_part(runner: Runner, part: Part) -> None:
                               f"data.eval_path={collect / f'{split}_s{s}.jsonl'}",
                               f"data.cost_budget={int(budget * full_cost[seed])}", f"trainer.lr={lr}",
                               f"seed={seed}", f"steer_eval.family={part.family}", f"steer_eval.split={split}",
-                              f"steer_eval.n={part.n_val if split == 'val' else part.n_heldout}",
+                              f"steer_eval.n={ {'val': part.n_val, 'train': part.n_train}.get(split, part.n_heldout)}",
                               f"steer_eval.budget={part.steer_budget}",
                               f"steer_eval.max_new_tokens={part.max_new_tokens}", *micro, *extra]}
 
@@ -347,6 +352,11 @@ def run_task_part(runner: Runner, part: Part) -> None:
     train_jobs(runner, part, "final", [spec(f"{m}@b{b}@s{seed}", methods[m], seed, b, chosen[m], "heldout",
                                             eval_seed=seed)
                                        for m in methods for seed in part.seeds for b in part.budgets])
+    # 5b. a diagnostic, not a result: steering on the train prompts whose steers were trained on (seed 0,
+    # main budget). If training lowers the steers needed there but not on heldout prompts, what was
+    # learnt does not carry over to new prompts.
+    train_jobs(runner, part, "trainprompts", [spec(f"{m}@train", ovs, s0, main_budget, chosen.get(m, 0.0), "train",
+                                                   eval_seed=s0) for m, ovs in {"base": BASE, **methods}.items()])
     # 6. iterated on-policy rounds for the two best methods on val.
     if part.iterate:
         top2 = [m for m, _ in sorted(best.items(), key=lambda kv: _score(kv[1]))[:2]]
