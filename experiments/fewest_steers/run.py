@@ -98,7 +98,7 @@ def parts(quick: bool) -> dict[str, Part]:
     smol = ["model=smollm2-135m", "peft=lora", "reference=adapter_disabled"]
     full = {
         "tiny-lists": Part("tiny-lists", "lists", ["model=tiny_task", "model.family=lists"], [1e-5, 3e-5, 1e-4, 3e-4],
-                           [0, 1, 2], [0.25, 0.5, 1.0], 267, 102, 126, trainer=tiny_trainer),
+                           [0, 1, 2], [0.25, 0.5, 1.0], 249, 81, 111, trainer=tiny_trainer),
         "tiny-arith": Part("tiny-arith", "arith", ["model=tiny_task", "model.family=arith"], [1e-5, 3e-5, 1e-4, 3e-4],
                            [0, 1, 2], [0.25, 0.5, 1.0], 300, 100, 125, trainer=tiny_trainer, max_new_tokens=128),
         # SmolLM2 costs ~2 core-seconds per training pair on CPU: one learning rate per method (not
@@ -287,6 +287,8 @@ def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> lis
             shutil.rmtree(root / s["name"])
     todo = [(str(root / s["name"]), s["overrides"], {**s["info"], "part": part.name, "stage": stage, "name": s["name"]})
             for s in specs if _done(root / s["name"]) is None]
+    with open(runner.out / part.name / "runs.txt", "a") as f:  # what analyze.py reads (not older runs)
+        f.writelines(f"{stage}/{s['name']}\n" for s in specs)
     runner.stage(part.name, stage, job_train, todo)
     return [_done(root / s["name"]) for s in specs]
 
@@ -294,28 +296,29 @@ def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> lis
 def run_task_part(runner: Runner, part: Part) -> None:
     d, p = runner.out / part.name, asdict(part)
     collect = d / "collect"
-    # 1-2. base model steering on val/heldout (greedy) and collections per seed.
+    # 1. collections per seed: sampled steering on train, val and heldout prompts.
     calls = [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
               for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
                                                       ("heldout", part.n_heldout)) if n]
     calls = [c for c in calls if c[2]]  # no val prompts where nothing is tuned
     calls = [c for c in calls if not Path(c[-1]).with_suffix(".summary.json").exists()]
     runner.stage(part.name, "collect", job_collect, calls)
-    full_cost = {s: sum(sum(st.get("cost", {}).get("chars", 0) for st in json.loads(line)["steps"])
-                        for line in open(collect / f"train_s{s}.jsonl")) for s in part.seeds}
-    model = model_overrides(p) + [f"trainer.micro_batch_size={part.micro_batch}"]
-    from localpref.data.collected import load_collected
+    from localpref.data.collected import load_collected, trajectory_cost
+    from localpref.steering import read_records
 
-    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=()):
+    full_cost = {s: sum(trajectory_cost(r, "steers") for r in read_records(collect / f"train_s{s}.jsonl"))
+                 for s in part.seeds}
+    model = model_overrides(p) + [f"trainer.micro_batch_size={part.micro_batch}"]
+
+    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=(), data=None):
         s = part.seeds[0] if eval_seed is None else eval_seed
+        data = data or collect / f"train_s{seed}.jsonl"
         form = "rewrites" if "data.form=rewrites" in method_ovs else "steers"
-        pairs = len(load_collected(collect / f"train_s{seed}.jsonl", form=form,
-                                   cost_budget=int(budget * full_cost[seed]))[0])
+        pairs = len(load_collected(data, form=form, cost_budget=int(budget * full_cost[seed]))[0])
         micro = [f"trainer.micro_batch_size={pairs}"] if pairs < part.micro_batch else []  # a small budget
         return {"name": name, "info": {"method": name.split("@")[0], "seed": seed, "budget": budget, "lr": lr,
                                        "eval_split": split, "budget_chars": int(budget * full_cost[seed])},
-                "overrides": [*model, *part.trainer, *method_ovs, "data=collected",
-                              f"data.path={collect / f'train_s{seed}.jsonl'}",
+                "overrides": [*model, *part.trainer, *method_ovs, "data=collected", f"data.path={data}",
                               f"data.eval_path={collect / f'{split}_s{s}.jsonl'}",
                               f"data.cost_budget={int(budget * full_cost[seed])}", f"trainer.lr={lr}",
                               f"seed={seed}", f"steer_eval.family={part.family}", f"steer_eval.split={split}",
@@ -336,8 +339,11 @@ def run_task_part(runner: Runner, part: Part) -> None:
         (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers per verified output"}))
     else:  # the choice made on the tiny model of the same family
         chosen_file = runner.out / f"tiny-{part.family}" / "variant.json"
-        best_variant = json.loads(chosen_file.read_text())["chosen"] if chosen_file.exists() else part.variants[0]
-        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": f"taken from {chosen_file.parent.name}"}))
+        if chosen_file.exists():
+            best_variant, by = json.loads(chosen_file.read_text())["chosen"], f"taken from {chosen_file.parent.name}"
+        else:
+            best_variant, by = part.variants[0], f"the first candidate ({chosen_file} does not exist)"
+        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": by}))
     methods = {**{m: METHODS[m] for m in part.methods}, "variant": VARIANTS[best_variant]}
     if part.tune:
         # 4. tuning: same learning-rate grid for every method, on val.
@@ -359,6 +365,8 @@ def run_task_part(runner: Runner, part: Part) -> None:
                                                    eval_seed=s0) for m, ovs in {"base": BASE, **methods}.items()])
     # 6. iterated on-policy rounds for the two best methods on val.
     if part.iterate:
+        if not part.tune:
+            raise ValueError(f"{part.name}: iterated rounds pick the two best methods on val, which needs tune=True")
         top2 = [m for m, _ in sorted(best.items(), key=lambda kv: _score(kv[1]))[:2]]
         run_rounds(runner, part, spec, methods, chosen, top2, main_budget, full_cost)
 
@@ -385,9 +393,9 @@ def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget, 
         run_dir = d / "runs" / "iterate" / r["name"]
         data = d / "collect" / f"round2_{r['method']}_s{r['seed']}.jsonl"
         s = spec(f"{r['method']}@round2@s{r['seed']}", methods[r["method"]], r["seed"], half, chosen[r["method"]],
-                 "heldout", eval_seed=r["seed"])
-        s["overrides"] = [o for o in s["overrides"] if not o.startswith(("model=", "model.", "data.path="))]
-        s["overrides"] += ["model=local", f"model.path={run_dir / 'export'}", f"data.path={data}"]
+                 "heldout", eval_seed=r["seed"], data=data)
+        s["overrides"] = [o for o in s["overrides"] if not o.startswith(("model=", "model."))]
+        s["overrides"] += ["model=local", f"model.path={run_dir / 'export'}"]
         s["info"]["round"] = 2
         specs.append(s)
     train_jobs(runner, part, "iterate", specs)
@@ -433,8 +441,15 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     table = parts(args.quick)
-    (args.out / "settings.json").write_text(json.dumps({"quick": args.quick, "parts": {
-        k: asdict(table[k]) for k in args.parts}, "methods": METHODS, "variants": VARIANTS}, indent=1))
+    settings_file = args.out / "settings.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {"quick": args.quick, "parts": {}}
+    if settings["quick"] != args.quick:
+        raise SystemExit(f"{args.out} holds a {'quick' if settings['quick'] else 'full'} run: use another --out")
+    settings["parts"].update({k: asdict(table[k]) for k in args.parts})
+    settings_file.write_text(json.dumps({**settings, "methods": METHODS, "variants": VARIANTS}, indent=1))
+    for name in args.parts:  # each part lists the runs of this invocation's settings again
+        (args.out / name).mkdir(exist_ok=True)
+        (args.out / name / "runs.txt").write_text("")
     runner = Runner(args.out, args.jobs)
     start = time.time()
     for name in args.parts:
@@ -443,7 +458,6 @@ def main() -> None:
             run_defacto(runner, part, args.defacto)
         else:
             if part.model[0] == "model=tiny_task":  # built once, before the workers need it
-                (args.out / name).mkdir(exist_ok=True)
                 runner.stage(part.name, "pretrain", job_model_info, [(asdict(part), str(args.out / name / "model.json"))])
             run_task_part(runner, part)
     with open(args.out / "timing.jsonl", "a") as f:
