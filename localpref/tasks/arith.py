@@ -27,7 +27,7 @@ import random
 import re
 
 from localpref.tasks import register
-from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of, units_ending_with
 
 SEEN_OPS = (2, 3, 4)
 UNSEEN_OPS = 5
@@ -86,14 +86,7 @@ class Arith(TaskFamily):
         return out
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
-        out, start = [], 0
-        lines = text.split("\n")
-        for i, line in enumerate(lines):
-            last = i == len(lines) - 1
-            end = start + len(line) + (0 if last else 1)
-            out.append(Unit(start, end, end, complete=final or not last))
-            start = end
-        return out
+        return units_ending_with(text, "\n", final=final)
 
     def unit_ok(self, meta: dict, text: str, units: list[Unit], k: int) -> bool:
         body = text[units[k].start:units[k].end]

@@ -54,6 +54,19 @@ class Unit:
     complete: bool  # terminated, or the text is final
 
 
+def units_ending_with(text: str, terminator: str, *, final: bool) -> list[Unit]:
+    """Units that end with (and include) ``terminator``; the last, unterminated piece is complete
+    only when the text is final. An empty text is one empty unit."""
+    out, start = [], 0
+    pieces = text.split(terminator)
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        end = start + len(piece) + (0 if last else len(terminator))
+        out.append(Unit(start, end, end, complete=final or not last))
+        start = end
+    return out
+
+
 def split_of(key: str) -> str:
     """Deterministic split of a prompt key by hash (``SPLIT_SHARES``): no prompt is in two splits,
     whatever the seed."""

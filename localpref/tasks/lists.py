@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _norm
 from localpref.tasks import register
-from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of, units_ending_with
 
 N_ITEMS = (3, 4, 5)
 UNSEEN_RULES = ("powers_of_two",)  # held out whole: never in train or val
@@ -84,14 +84,7 @@ class Lists(TaskFamily):
         return pool[:n]
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
-        out, start = [], 0
-        pieces = text.split(",")
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            end = start + len(piece) + (0 if last else 1)  # the comma belongs to its item
-            out.append(Unit(start, end, end, complete=final or not last))
-            start = end
-        return out
+        return units_ending_with(text, ",", final=final)
 
     def _items(self, text: str, units: list[Unit], k: int) -> list[str]:
         return [_item(text[u.start:u.end].rstrip(",")) for u in units[:k]]
