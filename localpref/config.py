@@ -147,7 +147,7 @@ class LoggerConfig:
 class SteerEvalConfig:
     family: Optional[str] = None  # task family to steer on during evaluation (None: no steering eval)
     split: str = "val"  # prompts: "val" while tuning, "heldout" for reported results
-    n: int = 50  # prompts
+    n: Optional[int] = 50  # prompts (None: all of the split, for a family with a fixed pool)
     budget: int = 4  # steers allowed per prompt
     max_new_tokens: int = 128  # per generation pass
     task_seed: int = 0  # which prompts of the split (their order)

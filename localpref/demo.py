@@ -35,7 +35,7 @@ SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) >
          ("eval/span/nll", "NLL per token of the corrected span"),
          ("eval/drift/nll", "NLL per token of whole corrected completions (drift)"),
          ("eval/drift/kl", "KL(policy || reference) per completion token (drift)")]
-COLLECT = {"train": dict(n=300, temperature=1.0, budget=4), "val": dict(n=60, temperature=1.0, budget=4)}
+COLLECT = {"train": dict(n=None, temperature=1.0, budget=4), "val": dict(n=None, temperature=1.0, budget=4)}  # all prompts
 
 
 def collect(cfg, run_dir: Path) -> dict[str, Path]:

@@ -12,9 +12,11 @@ same way::
 ``generate_batch`` runs one such pass for many prompts at once (left-padded, rows leaving the batch
 as they stop): what collection and evaluation use, several times faster on CPU than one row at a time.
 
-The context the model sees is always ``render_prompt(prompt) + text`` tokenized whole, exactly as a
-steer built from this text is tokenized for training (``localpref.data.tokenize``), so generation
-and training agree on every token. ``set_text`` re-tokenizes and keeps the KV cache for the tokens
+After ``set_text`` the context is ``render_prompt(prompt) + text`` tokenized whole, exactly as a
+steer built from this text is tokenized for training (``localpref.data.tokenize``). Within a pass
+the model sees its own sampled ids, which can differ from the whole-text tokenization of what they
+spell (and a byte-level model can stop mid-character, which decodes to U+FFFD); the steers record
+text, so training re-tokenizes what the model wrote. ``set_text`` re-tokenizes and keeps the KV cache for the tokens
 the old and new context share (``DynamicCache.crop``): a resume after a correction recomputes only
 from the first changed token. Sampling: ``temperature == 0`` is greedy; otherwise softmax sampling
 (optionally nucleus ``top_p``) from a ``torch.Generator`` seeded by ``seed``, so a run is

@@ -50,24 +50,33 @@ class Trajectory:
     def __init__(self, family: TaskFamily, task: Task, tokenizer: Any, budget: int):
         self.family, self.task, self.meta, self.tok, self.budget = family, task, task.meta, tokenizer, budget
         self.steps: list[dict[str, Any]] = []
-        self.accepted_from, self.stopped, self.text = 0, "verified", ""
+        self.accepted_from = 0  # text before this offset is accepted (corrections included)
+        self.text = ""
+        self.stopped: str | None = None  # why it ended: verified | budget | max_new_tokens
         self.original: str | None = None
         self.original_ended = False
 
     def feed(self, text: str, *, ended: bool, exhausted: bool) -> str | None:
-        """The text after a pass; returns the text to resume from (correction spliced in), or None: done."""
-        family, meta, final = self.family, self.meta, ended or exhausted
+        """The text after a pass; returns the text to resume from (correction spliced in), or None: done.
+
+        Only an answer the model ended is judged whole (``final``): text cut off by ``max_new_tokens``
+        is judged on its complete units only, since its last unit may just be unfinished."""
+        family, meta = self.family, self.meta
         self.text = text
         if self.original is None:
             self.original, self.original_ended = text, ended
-        offset = family.first_error(meta, text, final=final)
+        offset = family.first_error(meta, text, final=ended)
         if offset is None:
-            return None if final else text  # a pass only stops early at an error: not reached
+            if not (ended or exhausted):
+                raise RuntimeError("a generation pass stopped early with no wrong unit")
+            self.stopped = "verified" if ended else "max_new_tokens"
+            return None
         if offset < self.accepted_from:
             raise RuntimeError(f"family {family.name!r} found an error in accepted text at {offset} of {text!r}")
         if len(self.steps) >= self.budget:
             self.stopped = "budget"
             return None
+        final = ended
         stop = family.unit_stop(meta, text, offset, final=final)
         rejected, rejected_ends_turn = text[offset:stop], ended and stop == len(text)
         if not rejected and not rejected_ends_turn:
@@ -86,7 +95,7 @@ class Trajectory:
         self.steps.append(step)
         self.accepted_from = len(fixed)
         if ends_turn:
-            self.text = fixed
+            self.text, self.stopped = fixed, "verified"
             return None
         return fixed
 
@@ -94,14 +103,17 @@ class Trajectory:
         """The trajectory record (module docstring), once ``feed`` returned None."""
         family, meta, text = self.family, self.meta, self.text
         steps = self.steps + ([{"accepted": text[self.accepted_from:]}] if text[self.accepted_from:] else [])
-        verified = family.verify(meta, text) and self.stopped == "verified"
-        first = family.first_error(meta, self.original, final=True)
+        verified = self.stopped == "verified" and family.verify(meta, text)
+        ended = self.original_ended
+        first = family.first_error(meta, self.original, final=ended)
+        if first is None and not ended:  # cut off with no wrong unit so far: it did not pass either
+            first = len(self.original)
         return {
             "id": self.task.id, "prompt": self.task.prompt, "steps": steps, "final": text, "verified": verified,
-            "meta": {"task": meta, "original": self.original, "original_ended": self.original_ended,
+            "meta": {"task": meta, "original": self.original, "original_ended": ended,
                      "first_error": None if first is None else {
-                         "offset": first, "unit": family.first_error_unit(meta, self.original, final=True)},
-                     "steers": len(self.steps), "stopped": "verified" if verified else self.stopped,
+                         "offset": first, "unit": family.unit_index(self.original, first)},
+                     "steers": len(self.steps), "stopped": self.stopped,
                      "budget": self.budget, **settings, **usage},
         }
 
@@ -209,6 +221,7 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
         out.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(out)
         done = {r["id"]: r for r in read_records(out)}
+        _check_same_settings(out, done.values(), {**settings, **(extra_meta or {})})
     todo = [t for t in tasks if t.id not in done]
     was_training = model.training
     model.eval()
@@ -233,6 +246,18 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
     return [done[t.id] for t in tasks]
 
 
+def _check_same_settings(path: Path, records: Iterable[dict[str, Any]], settings: dict[str, Any]) -> None:
+    """Resuming into a file made with other settings (model, budget, sampling) would mix two runs."""
+    defaults = {"temperature": 0.0, "top_p": 1.0, "seed": 0, "max_new_tokens": 128}
+    want = {**defaults, **settings}
+    for record in records:
+        differ = {k: (record["meta"].get(k), v) for k, v in want.items() if record["meta"].get(k, v) != v}
+        if differ:
+            raise ValueError(f"{path} holds trajectories made with other settings ({record['id']}: "
+                             + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+                             + "); write to another file")
+
+
 def append_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     """Append whole JSON lines, flushed and fsynced: a killed process loses at most the line in flight."""
     with open(path, "a", encoding="utf-8") as f:
@@ -246,13 +271,22 @@ def append_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -
 # The evaluation
 
 
+def _ratio(num: list[float], den: list[float]):
+    """The statistic sum(num) / sum(den) over resampled task indices; inf when nothing is in den."""
+    def stat(idx: list[int]) -> float:
+        d = sum(den[i] for i in idx)
+        return sum(num[i] for i in idx) / d if d else float("inf")
+    return stat
+
+
 def summarize(records: list[dict[str, Any]], *, budget: int | None = None) -> dict[str, Any]:
     """Steering metrics of ``records`` with 95% intervals (``[low, high]`` under ``*_ci``).
 
     pass_rate                 share of unsteered answers that verify (Wilson interval)
     steers_per_verified       all steers spent / outputs verified within the budget (a ratio over
                               the tasks: steers spent on tasks that never verified count too;
-                              percentile bootstrap over tasks, 2000 resamples)
+                              percentile bootstrap over tasks, 2000 resamples; a resample with
+                              nothing verified counts as inf, so a high bound can be inf)
     verified_within_budget    share of tasks verified after at most ``budget`` steers (Wilson)
     steers_per_task           mean steers spent per task (bootstrap)
     first_error_unit          mean index of the first wrong unit of unsteered answers that have one
@@ -266,24 +300,23 @@ def summarize(records: list[dict[str, Any]], *, budget: int | None = None) -> di
     verified = [float(r["verified"]) for r in records]
     chars = [float(sum(s.get("cost", {}).get("chars", 0) for s in r["steps"])) for r in records]
     first_units = [float(r["meta"]["first_error"]["unit"]) for r in records if r["meta"]["first_error"]]
-    ratio = lambda num, den: (lambda idx: sum(num[i] for i in idx) / max(1e-9, sum(den[i] for i in idx)))  # noqa: E731
     out: dict[str, Any] = {"tasks": n, "budget": budget if budget is not None else records[0]["meta"]["budget"]}
     out["pass_rate"], out["pass_rate_ci"] = sum(passed) / n, wilson_interval(sum(passed), n)
     out["verified_within_budget"] = sum(verified) / n
     out["verified_within_budget_ci"] = wilson_interval(int(sum(verified)), n)
     if sum(verified) > 0:
         out["steers_per_verified"] = sum(steers) / sum(verified)
-        out["steers_per_verified_ci"] = bootstrap_interval(ratio(steers, verified), n)
+        out["steers_per_verified_ci"] = bootstrap_interval(_ratio(steers, verified), n)
         out["chars_per_verified"] = sum(chars) / sum(verified)
-        out["chars_per_verified_ci"] = bootstrap_interval(ratio(chars, verified), n)
+        out["chars_per_verified_ci"] = bootstrap_interval(_ratio(chars, verified), n)
     else:
         out["steers_per_verified"] = float("inf")
     out["steers_per_task"] = sum(steers) / n
-    out["steers_per_task_ci"] = bootstrap_interval(ratio(steers, [1.0] * n), n)
+    out["steers_per_task_ci"] = bootstrap_interval(_ratio(steers, [1.0] * n), n)
     if first_units:
         m = len(first_units)
         out["first_error_unit"] = sum(first_units) / m
-        out["first_error_unit_ci"] = bootstrap_interval(ratio(first_units, [1.0] * m), m)
+        out["first_error_unit_ci"] = bootstrap_interval(_ratio(first_units, [1.0] * m), m)
     out["tokens_generated"] = sum(r["meta"]["new_tokens"] for r in records)
     out["seconds"] = round(sum(r["meta"]["seconds"] for r in records), 1)
     return out

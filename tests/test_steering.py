@@ -76,6 +76,15 @@ def test_model_ending_early_is_a_rejected_end_of_turn(smollm2_tokenizer, tmp_pat
     assert smollm2_tokenizer.decode(chosen) == "," and smollm2_tokenizer.decode(rejected) == "<|im_end|>\n"  # the turn closes with "<|im_end|>\n"
 
 
+def test_an_answer_cut_off_by_max_new_tokens_is_not_judged_whole(smollm2_tokenizer):
+    # "41, 43" cut off after two items is unfinished, not too short: no steer, not verified either.
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 47, 53"})
+    record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2, max_new_tokens=6)
+    assert record["meta"]["original"] == "41, 43" and not record["meta"]["original_ended"]
+    assert record["meta"]["steers"] == 0 and record["meta"]["stopped"] == "max_new_tokens"
+    assert not record["verified"] and record["meta"]["first_error"] == {"offset": 6, "unit": 1}
+
+
 def test_budget_is_a_hard_limit(smollm2_tokenizer):
     model = scripted(smollm2_tokenizer, PRIMES, {"": "40, 40, 40, 40", "41,": " 40, 40, 40", "41, 43,": " 40, 40"})
     record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2)
@@ -190,4 +199,19 @@ def test_batched_steering_equals_one_prompt_at_a_time(smollm2_tokenizer, tempera
     batched = run_tasks(model, smollm2_tokenizer, LISTS, tasks, batch_size=4, **settings)
     strip = lambda r: {**r, "meta": {k: v for k, v in r["meta"].items() if k not in ("seconds", "forwarded_tokens")}}  # noqa: E731
     assert [strip(r) for r in batched] == [strip(r) for r in one]
-    assert sum(r["meta"]["steers"] for r in one) > 0  # the random model errs: corrections were exercised
+    assert all(r["meta"]["new_tokens"] >= 10 for r in one)  # every row was generated, past the prompt
+    # the correction path, batched: a scripted model errs at known places, so steers are made
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 49, 53", "41, 43, 47,": " 50, 53", "41, 43, 47, 53": ""})
+    tasks = [Task(f"t/{i}", PRIMES.prompt, PRIMES.meta) for i in range(3)]
+    one = run_tasks(model, smollm2_tokenizer, LISTS, tasks, batch_size=1, **{**settings, "max_new_tokens": 24})
+    batched = run_tasks(model, smollm2_tokenizer, LISTS, tasks, batch_size=3, **{**settings, "max_new_tokens": 24})
+    assert [strip(r) for r in batched] == [strip(r) for r in one]
+    assert [r["meta"]["steers"] for r in batched] == [2, 2, 2] and all(r["verified"] for r in batched)
+
+
+def test_resuming_with_other_settings_is_an_error(smollm2_tokenizer, tmp_path):
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 47, 53"})
+    out = tmp_path / "c.jsonl"
+    run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=2, show_progress=False)
+    with pytest.raises(ValueError, match="other settings .*budget 2 there, 3 now"):
+        run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=3, show_progress=False)

@@ -29,7 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
-from localpref.stats import paired_t_test, t_interval  # noqa: E402
+from localpref.stats import bootstrap_interval, paired_t_test, t_interval  # noqa: E402
 
 SUMMARY = HERE / "results" / "summary.json"
 GENERATED = REPO / "paper" / "generated"
@@ -52,10 +52,17 @@ PREF_COLS = [("eval/span/logp_accuracy", "span log-p acc."), ("eval/span/nll", "
 def summarize(out: Path) -> dict[str, Any]:
     """Everything the paper needs from a run folder, small enough to commit."""
     runs = []
+    listed = {f"{m.parent.name}/runs/{line}" for m in out.glob("*/runs.txt") for line in m.read_text().split()}
     for f in sorted(out.glob("*/runs/*/*/result.json")):
+        if str(f.parent.relative_to(out)) not in listed:
+            continue  # a run of older settings left in the folder
         r = json.loads(f.read_text())
         keep = {k: v for k, v in r.items() if k not in ("overrides",)}
         keep["metrics"] = {k: v for k, v in r["metrics"].items() if k.startswith("eval/")}
+        trajectories = f.parent / "steer_eval.jsonl"
+        if r["stage"] in ("final", "base") and trajectories.exists():  # per prompt, in id order: paired tests
+            records = sorted((json.loads(line) for line in trajectories.read_text().splitlines() if line), key=lambda x: x["id"])
+            keep["prompts"] = [[x["meta"]["steers"], int(x["verified"])] for x in records]
         runs.append(keep)
     collections = {}
     for f in sorted(out.glob("*/collect/*.summary.json")):
@@ -80,12 +87,15 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def _ci(values: list[float], digits: int = 2) -> str:
-    """'m [lo, hi]' over seeds (or 'm' for one seed)."""
-    values = [v for v in values if v is not None and not math.isinf(v) and not math.isnan(v)]
-    if not values:
-        return "--"
-    m, lo, hi = t_interval(values)
-    return _fmt(m, digits) if len(values) == 1 else f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+    """'m [lo, hi]' over seeds (or 'm' for one seed); values that are inf (nothing verified) are
+    left out and counted: 'm [lo, hi] (1 inf)'."""
+    finite = [v for v in values if v is not None and not math.isinf(v) and not math.isnan(v)]
+    dropped = sum(v is not None and math.isinf(v) for v in values)
+    note = f" ({dropped} inf)" if dropped else ""
+    if not finite:
+        return "--" + note
+    m, lo, hi = t_interval(finite)
+    return (_fmt(m, digits) if len(finite) == 1 else f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]") + note
 
 
 def _table(name: str, header: list[str], rows: list[list[str]], caption: str) -> dict[str, str]:
@@ -140,12 +150,43 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     header = ["method", "chars"] + [c for _, c in STEER_COLS] + [c for _, c in PREF_COLS]
     caption = (f"{part}: held-out steering (greedy, at most {summary['settings']['parts'][part]['steer_budget']} "
                f"steers per prompt) and held-out steer preference metrics after training at equal annotation "
-               f"cost (chars typed). Mean [95\\% CI] over {seeds} seeds.")
+               f"cost (chars typed). Mean [95\\% CI] over {seeds} training seeds; every run steers the same "
+               f"held-out prompts (Table~\\ref{{tab:paired_{part}}} adds the prompts' variance).")
     return _table(f"headline_{part}", header, rows, caption), numbers
 
 
+def subfamilies(summary, part: str) -> dict[str, str]:
+    """Prompts of sub-families trained on vs the one never trained on (heldout only)."""
+    final = _runs(summary, part, "final")
+    if not final or "eval/steer/unseen/pass_rate" not in final[0]["metrics"]:
+        return {}
+    budget = max(r["budget"] for r in final)
+    rows = []
+    for method in ["base", *ORDER]:
+        runs = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
+                else _runs(summary, part, "final", method=method, budget=budget))
+        if runs:
+            rows.append([LABELS[method], *[_ci(_metric(runs, f"eval/steer/{g}/{k}")) for g in ("seen", "unseen")
+                                           for k in ("steers_per_verified", "pass_rate")]])
+    return _table(f"subfamilies_{part}", ["method", "seen: steers / verified", "seen: pass", "unseen: steers / verified",
+                                          "unseen: pass"], rows,
+                  f"{part}: held-out prompts of the sub-families trained on (seen) and of the one never trained "
+                  f"on (unseen), main budget. Mean [95\\% CI] over seeds.")
+
+
+def _pooled_spv(runs: list[dict]):
+    """Steers per verified output over all seeds' runs, as a statistic of resampled prompt indices."""
+    def stat(idx: list[int]) -> float:
+        steers = sum(r["prompts"][i][0] for r in runs for i in idx)
+        verified = sum(r["prompts"][i][1] for r in runs for i in idx)
+        return steers / verified if verified else float("inf")
+    return stat
+
+
 def paired(summary, part: str) -> dict[str, str]:
-    """Each method against localized DPO (paired over seeds): difference in steers per verified output."""
+    """Each method against localized DPO: the difference in steers per verified output, paired over
+    seeds (t-test) and over prompts (every run steers the same held-out prompts: a bootstrap of
+    prompts, the same resample for both methods and all seeds)."""
     final = _runs(summary, part, "final")
     if not final:
         return {}
@@ -161,14 +202,24 @@ def paired(summary, part: str) -> dict[str, str]:
         seeds = sorted(set(ref) & set(other))
         pairs = [(other[s], ref[s]) for s in seeds if other[s] is not None and ref[s] is not None
                  and not math.isinf(other[s]) and not math.isinf(ref[s])]
+        mine = [r for r in _runs(summary, part, "final", method=method, budget=budget) if "prompts" in r]
+        theirs = [r for r in _runs(summary, part, "final", method="localized", budget=budget) if "prompts" in r]
+        by_prompt = "--"
+        if mine and theirs:
+            a, b = _pooled_spv(mine), _pooled_spv(theirs)
+            idx = list(range(len(mine[0]["prompts"])))
+            lo, hi = bootstrap_interval(lambda i: a(i) - b(i), len(idx))
+            by_prompt = f"{_fmt(a(idx) - b(idx))} [{_fmt(lo)}, {_fmt(hi)}]"
         if len(pairs) < 2:
-            rows.append([LABELS[method], "--", "--", str(len(pairs))])
+            rows.append([LABELS[method], "--", "--", str(len(pairs)), by_prompt])
             continue
         diff, p = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
-        rows.append([LABELS[method], _fmt(diff), _fmt(p, 3), str(len(pairs))])
-    return _table(f"paired_{part}", ["method", "$\\Delta$ steers/verified vs 4", "p (paired t)", "seeds"], rows,
-                  f"{part}: steers per verified output of each method minus localized DPO's, same seeds "
-                  f"(positive: the method needs more steers).")
+        rows.append([LABELS[method], _fmt(diff), _fmt(p, 3), str(len(pairs)), by_prompt])
+    return _table(f"paired_{part}", ["method", "$\\Delta$ vs 4 (seed mean)", "p (paired t)", "seeds",
+                                     "$\\Delta$ pooled [95\\% CI, prompts]"], rows,
+                  f"{part}: steers per verified output of each method minus localized DPO's (positive: the method "
+                  f"needs more steers). Paired over seeds: the mean difference and a paired t-test. Paired over "
+                  f"prompts: the ratio pooled over seeds, with a bootstrap of the held-out prompts.")
 
 
 def curves(summary, part: str) -> dict[str, str]:
@@ -215,6 +266,35 @@ def plot_curves(csv_text: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def small_numbers(summary, part: str) -> dict[str, str]:
+    """Macros for the prose: tuning (per method and grid index, ``Lr1`` the smallest), the
+    train-prompts diagnostic, the iterated rounds."""
+    numbers = {}
+    tune = _runs(summary, part, "tune")
+    lrs = sorted({r["lr"] for r in tune})
+    for r in tune:
+        i = "ABCDEFGH"[lrs.index(r["lr"])]
+        numbers[_macro(part, r["method"], f"lr{i}-spv")] = _fmt(r["metrics"].get("eval/steer/steers_per_verified"))
+        numbers[_macro(part, r["method"], f"lr{i}-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
+        numbers[_macro(part, r["method"], f"lr{i}-spannll")] = _fmt(r["metrics"].get("eval/span/nll"))
+        numbers[_macro(part, r["method"], f"lr{i}-kl")] = _fmt(r["metrics"].get("eval/drift/kl"))
+    for i, lr in enumerate(lrs):
+        numbers[_macro(part, "", f"lr{'ABCDEFGH'[i]}")] = f"{lr:g}"
+    for r in _runs(summary, part, "base", eval_split="val", seed=tune[0]["seed"] if tune else None):
+        numbers[_macro(part, "base", "val-spv")] = _fmt(r["metrics"].get("eval/steer/steers_per_verified"))
+        numbers[_macro(part, "base", "val-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
+        numbers[_macro(part, "base", "val-spannll")] = _fmt(r["metrics"].get("eval/span/nll"))
+    for r in _runs(summary, part, "trainprompts"):
+        numbers[_macro(part, r["method"], "train-spv")] = _fmt(r["metrics"].get("eval/steer/steers_per_verified"))
+        numbers[_macro(part, r["method"], "train-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
+    for r2 in [r for r in _runs(summary, part, "iterate") if r.get("round") == 2]:
+        key = _macro(part, r2["method"], "round-spv")
+        vals = [x["metrics"].get("eval/steer/steers_per_verified") for x in _runs(summary, part, "iterate")
+                if x.get("round") == 2 and x["method"] == r2["method"]]
+        numbers[key] = _ci(vals)
+    return numbers
+
+
 def small_tables(summary, part: str) -> dict[str, str]:
     """Tuning (lr per method on val), the variant study, the iterated rounds."""
     out = {}
@@ -240,6 +320,20 @@ def small_tables(summary, part: str) -> dict[str, str]:
         out.update(_table(f"variant_{part}", ["candidate", "steers / verified", "pass rate", "span NLL", "KL"],
                           rows, f"{part}: the study choosing method 7 (val prompts, seed 0, the grid's middle "
                                 f"learning rate); the lowest steers per verified output wins."))
+    diag = _runs(summary, part, "trainprompts")
+    if diag:
+        heldout = {m: _runs(summary, part, "final", method=m, seed=diag[0]["seed"],
+                            budget=max(r["budget"] for r in _runs(summary, part, "final")))
+                   for m in ORDER}
+        heldout["base"] = _runs(summary, part, "base", eval_split="heldout", seed=diag[0]["seed"])
+        rows = [[LABELS[r["method"]], _fmt(r["metrics"].get("eval/steer/steers_per_verified")),
+                 _fmt(r["metrics"].get("eval/steer/pass_rate")),
+                 _fmt(heldout[r["method"]][0]["metrics"].get("eval/steer/steers_per_verified")) if heldout.get(r["method"]) else "--"]
+                for r in sorted(diag, key=lambda r: (["base", *ORDER]).index(r["method"]))]
+        out.update(_table(f"trainprompts_{part}", ["method", "train prompts: steers / verified", "train prompts: pass",
+                                                   "heldout: steers / verified"], rows,
+                          f"{part}: a diagnostic (seed 0, main budget): steering on the train prompts whose steers "
+                          f"were trained on, beside the same model on heldout prompts."))
     it = _runs(summary, part, "iterate")
     if it:
         rows = []
@@ -249,13 +343,17 @@ def small_tables(summary, part: str) -> dict[str, str]:
             one = _runs(summary, part, "final", method=method, budget=top)
             r1 = [r for r in it if r["method"] == method and r.get("round") != 2]
             r2 = [r for r in it if r["method"] == method and r.get("round") == 2]
+            spent = lambda runs: [r["data"].get("data/collected/chars", 0) for r in runs]  # noqa: E731
             rows.append([LABELS[method], *[_ci(_metric(x, "eval/steer/steers_per_verified")) for x in (one, r1, r2)],
-                         *[_ci(_metric(x, "eval/steer/pass_rate")) for x in (one, r2)]])
+                         *[_ci(_metric(x, "eval/steer/pass_rate")) for x in (one, r2)],
+                         _ci(spent(one), 0), _ci([a + b for a, b in zip(spent(r1), spent(r2))], 0)])
         out.update(_table(f"rounds_{part}", ["method", "1 round (all)", "round 1 (half)", "2 rounds",
-                                             "pass, 1 round", "pass, 2 rounds"], rows,
+                                             "pass, 1 round", "pass, 2 rounds", "chars, 1 round",
+                                             "chars, 2 rounds"], rows,
                           f"{part}: iterated on-policy rounds at equal total cost: steers per verified output "
                           f"(and pass rate) after one round on the whole budget vs two rounds of half each, the "
-                          f"second on steers collected from the round-1 model."))
+                          f"second on steers collected from the round-1 model; the characters actually spent (the "
+                          f"round-1 model may need fewer steers than the budget allows)."))
     return out
 
 
@@ -283,16 +381,16 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def timing(summary) -> dict[str, str]:
-    rows, total = [], 0.0
-    for t in summary["timing"]:
-        if t["part"] == "all":
-            total += t["seconds"]
-            continue
-        if t["jobs"]:
-            rows.append([t["part"], t["stage"], str(t["jobs"]), _fmt(t["seconds"] / 60, 1)])
-    rows.append(["all", "", "", _fmt(total / 60, 1)])
+    rows = [[t["part"], t["stage"], str(t["jobs"]), _fmt(t["seconds"] / 60, 1)]
+            for t in summary["timing"] if t["part"] != "all" and t["jobs"]]
+    rows.append(["all", "", "", _fmt(_total_seconds(summary) / 60, 1)])
     return _table("timing", ["part", "stage", "jobs", "minutes"], rows,
                   "Wall-clock of each stage on 2 CPU cores (2 worker processes).")
+
+
+def _total_seconds(summary) -> float:
+    """Wall-clock of all stages (a resumed experiment's stages add up across its processes)."""
+    return sum(t["seconds"] for t in summary["timing"] if t["part"] != "all")
 
 
 def _macro(part: str, method: str, what: str) -> str:
@@ -310,13 +408,14 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
         else:
             tex, nums = headline(summary, part)
             tex.update(paired(summary, part))
+            tex.update(subfamilies(summary, part))
             tex.update(curves(summary, part))
             tex.update(small_tables(summary, part))
+            nums.update(small_numbers(summary, part))
         files.update(tex)
         numbers.update(nums)
     files.update(timing(summary))
-    total = sum(t["seconds"] for t in summary["timing"] if t["part"] == "all")
-    numbers["fsTotalMinutes"] = _fmt(total / 60, 0)
+    numbers["fsTotalMinutes"] = _fmt(_total_seconds(summary) / 60, 0)
     numbers["fsQuick"] = "yes" if summary["settings"]["quick"] else "no"
     for part, choices in summary["choices"].items():
         if "model" in choices:

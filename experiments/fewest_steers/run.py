@@ -22,7 +22,8 @@ exists is skipped, so rerunning the command continues where it stopped):
    learning rate with the fewest steers per verified output wins (ties: higher pass rate).
 5. ``final``: every method at its learning rate x ``seeds`` x ``budgets``, evaluated once on
    **heldout** prompts (never used for any choice).
-6. ``iterate``: the two best methods on val: round 1 trains on the first half of the budget, the
+6. ``trainprompts`` (a diagnostic): every method, seed 0, steering on the train prompts its steers
+   came from; ``iterate``: the two best methods on val: round 1 trains on the first half of the budget, the
    round-1 model collects new steers on train prompts round 1 did not use, round 2 trains it on
    the other half; compared in the analysis with one round at the whole budget (same cost).
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -88,6 +90,7 @@ class Part:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     tune: bool = True  # variant study and learning-rate sweep on val (else: lr_grid[0], tiny-lists' variant)
     iterate: bool = True  # iterated on-policy rounds
+    trainprompts: bool = True  # the train-prompts diagnostic (steering on prompts trained on)
     tiny_steps: int | None = None  # quick runs: a cheaper tiny task model
 
 
@@ -96,17 +99,20 @@ def parts(quick: bool) -> dict[str, Part]:
     smol = ["model=smollm2-135m", "peft=lora", "reference=adapter_disabled"]
     full = {
         "tiny-lists": Part("tiny-lists", "lists", ["model=tiny_task", "model.family=lists"], [1e-5, 3e-5, 1e-4, 3e-4],
-                           [0, 1, 2], [0.25, 0.5, 1.0], 267, 102, 126, trainer=tiny_trainer),
+                           [0, 1, 2], [0.25, 0.5, 1.0], 249, 81, 111, trainer=tiny_trainer),
         "tiny-arith": Part("tiny-arith", "arith", ["model=tiny_task", "model.family=arith"], [1e-5, 3e-5, 1e-4, 3e-4],
                            [0, 1, 2], [0.25, 0.5, 1.0], 300, 100, 125, trainer=tiny_trainer, max_new_tokens=128),
-        # SmolLM2 costs ~2 core-seconds per training pair on CPU: one learning rate per method (not
-        # tuned; LoRA's usual 5e-4), the variant chosen on tiny-lists, no iterated rounds.
-        "smollm2-lists": Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 48,
+        # SmolLM2 on CPU costs ~1 core-second per short training pair and ~1 minute per steering
+        # evaluation: one learning rate per method (not tuned; LoRA's usual 5e-4), the variant chosen
+        # on tiny-lists, 64 training pairs per run, no iterated rounds, no train-prompts diagnostic.
+        "smollm2-lists": Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32,
                               temperature=0.7, gen_batch=48, micro_batch=8, tune=False, iterate=False,
-                              trainer=["trainer.max_steps=16", "trainer.warmup_steps=2"]),
-        "defacto": Part("defacto", None, smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 48, micro_batch=4,
-                        methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor"], variants=[],
-                        trainer=["trainer.max_steps=12", "trainer.warmup_steps=2", "data.max_length=384",
+                              trainprompts=False, max_new_tokens=64,
+                              trainer=["trainer.max_steps=8", "trainer.warmup_steps=1"]),
+        # DeFacto pairs are ~390 tokens (~10 core-seconds each): three methods, 24 pairs per run.
+        "defacto": Part("defacto", None, smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32, micro_batch=4,
+                        methods=["sft_span", "localized", "localized_anchor"], variants=[],
+                        trainer=["trainer.max_steps=6", "trainer.warmup_steps=1", "data.max_length=384",
                                  "trainer.eval_batch_size=4"]),
     }
     if not quick:
@@ -280,8 +286,13 @@ def _score(result: dict) -> tuple[float, float]:
 def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> list[dict]:
     """Train runs of ``specs`` ({name, overrides, info}) not yet done; returns all their results."""
     root = runner.out / part.name / "runs" / stage
+    for s in specs:  # a run killed before it finished starts over (its checkpoints are from another run)
+        if (root / s["name"]).exists() and _done(root / s["name"]) is None:
+            shutil.rmtree(root / s["name"])
     todo = [(str(root / s["name"]), s["overrides"], {**s["info"], "part": part.name, "stage": stage, "name": s["name"]})
             for s in specs if _done(root / s["name"]) is None]
+    with open(runner.out / part.name / "runs.txt", "a") as f:  # what analyze.py reads (not older runs)
+        f.writelines(f"{stage}/{s['name']}\n" for s in specs)
     runner.stage(part.name, stage, job_train, todo)
     return [_done(root / s["name"]) for s in specs]
 
@@ -289,32 +300,33 @@ def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> lis
 def run_task_part(runner: Runner, part: Part) -> None:
     d, p = runner.out / part.name, asdict(part)
     collect = d / "collect"
-    # 1-2. base model steering on val/heldout (greedy) and collections per seed.
+    # 1. collections per seed: sampled steering on train, val and heldout prompts.
     calls = [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
               for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
                                                       ("heldout", part.n_heldout)) if n]
     calls = [c for c in calls if c[2]]  # no val prompts where nothing is tuned
     calls = [c for c in calls if not Path(c[-1]).with_suffix(".summary.json").exists()]
     runner.stage(part.name, "collect", job_collect, calls)
-    full_cost = {s: sum(sum(st.get("cost", {}).get("chars", 0) for st in json.loads(line)["steps"])
-                        for line in open(collect / f"train_s{s}.jsonl")) for s in part.seeds}
-    model = model_overrides(p) + [f"trainer.micro_batch_size={part.micro_batch}"]
-    from localpref.data.collected import load_collected
+    from localpref.data.collected import load_collected, trajectory_cost
+    from localpref.steering import read_records
 
-    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=()):
+    full_cost = {s: sum(trajectory_cost(r, "steers") for r in read_records(collect / f"train_s{s}.jsonl"))
+                 for s in part.seeds}
+    model = model_overrides(p) + [f"trainer.micro_batch_size={part.micro_batch}"]
+
+    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=(), data=None):
         s = part.seeds[0] if eval_seed is None else eval_seed
+        data = data or collect / f"train_s{seed}.jsonl"
         form = "rewrites" if "data.form=rewrites" in method_ovs else "steers"
-        pairs = len(load_collected(collect / f"train_s{seed}.jsonl", form=form,
-                                   cost_budget=int(budget * full_cost[seed]))[0])
+        pairs = len(load_collected(data, form=form, cost_budget=int(budget * full_cost[seed]))[0])
         micro = [f"trainer.micro_batch_size={pairs}"] if pairs < part.micro_batch else []  # a small budget
         return {"name": name, "info": {"method": name.split("@")[0], "seed": seed, "budget": budget, "lr": lr,
                                        "eval_split": split, "budget_chars": int(budget * full_cost[seed])},
-                "overrides": [*model, *part.trainer, *method_ovs, "data=collected",
-                              f"data.path={collect / f'train_s{seed}.jsonl'}",
+                "overrides": [*model, *part.trainer, *method_ovs, "data=collected", f"data.path={data}",
                               f"data.eval_path={collect / f'{split}_s{s}.jsonl'}",
                               f"data.cost_budget={int(budget * full_cost[seed])}", f"trainer.lr={lr}",
                               f"seed={seed}", f"steer_eval.family={part.family}", f"steer_eval.split={split}",
-                              f"steer_eval.n={part.n_val if split == 'val' else part.n_heldout}",
+                              f"steer_eval.n={ {'val': part.n_val, 'train': part.n_train}.get(split, part.n_heldout)}",
                               f"steer_eval.budget={part.steer_budget}",
                               f"steer_eval.max_new_tokens={part.max_new_tokens}", *micro, *extra]}
 
@@ -331,8 +343,11 @@ def run_task_part(runner: Runner, part: Part) -> None:
         (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers per verified output"}))
     else:  # the choice made on the tiny model of the same family
         chosen_file = runner.out / f"tiny-{part.family}" / "variant.json"
-        best_variant = json.loads(chosen_file.read_text())["chosen"] if chosen_file.exists() else part.variants[0]
-        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": f"taken from {chosen_file.parent.name}"}))
+        if chosen_file.exists():
+            best_variant, by = json.loads(chosen_file.read_text())["chosen"], f"taken from {chosen_file.parent.name}"
+        else:
+            best_variant, by = part.variants[0], f"the first candidate ({chosen_file} does not exist)"
+        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": by}))
     methods = {**{m: METHODS[m] for m in part.methods}, "variant": VARIANTS[best_variant]}
     if part.tune:
         # 4. tuning: same learning-rate grid for every method, on val.
@@ -347,8 +362,17 @@ def run_task_part(runner: Runner, part: Part) -> None:
     train_jobs(runner, part, "final", [spec(f"{m}@b{b}@s{seed}", methods[m], seed, b, chosen[m], "heldout",
                                             eval_seed=seed)
                                        for m in methods for seed in part.seeds for b in part.budgets])
+    # 5b. a diagnostic, not a result: steering on the train prompts whose steers were trained on (seed 0,
+    # main budget). If training lowers the steers needed there but not on heldout prompts, what was
+    # learnt does not carry over to new prompts.
+    if part.trainprompts:
+        train_jobs(runner, part, "trainprompts", [spec(f"{m}@train", ovs, s0, main_budget, chosen.get(m, 0.0),
+                                                       "train", eval_seed=s0)
+                                                  for m, ovs in {"base": BASE, **methods}.items()])
     # 6. iterated on-policy rounds for the two best methods on val.
     if part.iterate:
+        if not part.tune:
+            raise ValueError(f"{part.name}: iterated rounds pick the two best methods on val, which needs tune=True")
         top2 = [m for m, _ in sorted(best.items(), key=lambda kv: _score(kv[1]))[:2]]
         run_rounds(runner, part, spec, methods, chosen, top2, main_budget, full_cost)
 
@@ -375,9 +399,9 @@ def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget, 
         run_dir = d / "runs" / "iterate" / r["name"]
         data = d / "collect" / f"round2_{r['method']}_s{r['seed']}.jsonl"
         s = spec(f"{r['method']}@round2@s{r['seed']}", methods[r["method"]], r["seed"], half, chosen[r["method"]],
-                 "heldout", eval_seed=r["seed"])
-        s["overrides"] = [o for o in s["overrides"] if not o.startswith(("model=", "model.", "data.path="))]
-        s["overrides"] += ["model=local", f"model.path={run_dir / 'export'}", f"data.path={data}"]
+                 "heldout", eval_seed=r["seed"], data=data)
+        s["overrides"] = [o for o in s["overrides"] if not o.startswith(("model=", "model."))]
+        s["overrides"] += ["model=local", f"model.path={run_dir / 'export'}"]
         s["info"]["round"] = 2
         specs.append(s)
     train_jobs(runner, part, "iterate", specs)
@@ -423,8 +447,15 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     table = parts(args.quick)
-    (args.out / "settings.json").write_text(json.dumps({"quick": args.quick, "parts": {
-        k: asdict(table[k]) for k in args.parts}, "methods": METHODS, "variants": VARIANTS}, indent=1))
+    settings_file = args.out / "settings.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {"quick": args.quick, "parts": {}}
+    if settings["quick"] != args.quick:
+        raise SystemExit(f"{args.out} holds a {'quick' if settings['quick'] else 'full'} run: use another --out")
+    settings["parts"].update({k: asdict(table[k]) for k in args.parts})
+    settings_file.write_text(json.dumps({**settings, "methods": METHODS, "variants": VARIANTS}, indent=1))
+    for name in args.parts:  # each part lists the runs of this invocation's settings again
+        (args.out / name).mkdir(exist_ok=True)
+        (args.out / name / "runs.txt").write_text("")
     runner = Runner(args.out, args.jobs)
     start = time.time()
     for name in args.parts:
@@ -433,7 +464,6 @@ def main() -> None:
             run_defacto(runner, part, args.defacto)
         else:
             if part.model[0] == "model=tiny_task":  # built once, before the workers need it
-                (args.out / name).mkdir(exist_ok=True)
                 runner.stage(part.name, "pretrain", job_model_info, [(asdict(part), str(args.out / name / "model.json"))])
             run_task_part(runner, part)
     with open(args.out / "timing.jsonl", "a") as f:

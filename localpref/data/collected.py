@@ -14,7 +14,8 @@ until its budget of characters is spent.
   verified (the model's own wording, every error fixed), else the family's ``solve``. Plain DPO
   trains on these with ``span=completion``; SFT on fully corrected outputs uses their chosen side.
 
-Trajectories whose unsteered answer was right cost nothing and give nothing to either form.
+Trajectories whose unsteered answer was right cost nothing and give nothing to either form; one
+whose unsteered answer was cut off by ``max_new_tokens`` gives no rewrite (it is not an answer).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def trajectory_cost(record: dict[str, Any], form: Form) -> int:
     """Characters a person typed for this trajectory in ``form``."""
     if form == "steers":
         return int(sum(step.get("cost", {}).get("chars", 0) for step in record["steps"]))
-    return len(rewrite_text(record)) if record["meta"]["first_error"] is not None else 0
+    return len(rewrite_text(record)) if _rewritable(record) else 0
+
+
+def _rewritable(record: dict[str, Any]) -> bool:
+    """A wrong answer the model finished: one cut off by max_new_tokens is not the model's answer."""
+    return record["meta"]["first_error"] is not None and bool(record["meta"]["original_ended"])
 
 
 def rewrite_text(record: dict[str, Any]) -> str:
@@ -66,10 +72,10 @@ def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budge
         spent, taken = spent + cost, taken + 1
         if form == "steers":
             steers = steers_from_record(record)
-        elif record["meta"]["first_error"] is not None:
+        elif _rewritable(record):
             steers = [Steer(prompt=record["prompt"], prefix="", rejected=record["meta"]["original"],
                             corrected=rewrite_text(record), id=f"{record['id']}/rewrite", corrected_ends_turn=True,
-                            rejected_ends_turn=bool(record["meta"]["original_ended"]), meta={"source": "rewrite"})]
+                            rejected_ends_turn=True, meta={"source": "rewrite"})]
         else:
             steers = []
         used += bool(steers)

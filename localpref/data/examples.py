@@ -117,7 +117,7 @@ class Family:
 
 def _int(item: str) -> int | None:
     item = item.strip().rstrip(".")
-    return int(item) if re.fullmatch(r"[+-]?\d+", item) else None
+    return int(item) if re.fullmatch(r"[+-]?[0-9]+", item) else None  # ASCII digits only
 
 
 def _numeric(check: Callable[[dict, int], bool]) -> Callable[[dict, str], bool]:

@@ -12,7 +12,8 @@ Units are lines with their newline. Line ``k < m`` (``m`` operations) must be
 ``a op b = c`` with ``a`` the running result after ``k`` operations, ``op b`` the ``k``-th
 operation of the prompt and ``c`` the right result; line ``m`` is ``Answer: c``; after it only
 blank space may follow. A line ``k < m`` must end with a newline (an answer that stops there is
-wrong at that line). Operands have two or three digits; running results stay non-negative.
+wrong at that line). Operands have two or three digits; the prompts' running results stay
+non-negative (the answers written with an error, for pretraining, may not).
 
 Splits: a prompt goes to pretrain / train / val / heldout by a hash of its text (50/30/10/10,
 ``localpref.tasks.base.SPLIT_SHARES``). Chains of 2, 3 or 4 operations are trained on; chains of 5 operations are never trained on: they appear only in
@@ -26,12 +27,12 @@ import random
 import re
 
 from localpref.tasks import register
-from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of, units_ending_with
 
 SEEN_OPS = (2, 3, 4)
 UNSEEN_OPS = 5
-_LINE = re.compile(r"\s*(-?\d+)\s*([+-])\s*(-?\d+)\s*=\s*(-?\d+)\s*")
-_ANSWER = re.compile(r"\s*Answer:\s*(-?\d+)\s*\.?\s*")
+_LINE = re.compile(r"\s*(-?\d+)\s*([+-])\s*(-?\d+)\s*=\s*(-?\d+)\s*", re.ASCII)  # ASCII digits only
+_ANSWER = re.compile(r"\s*Answer:\s*(-?\d+)\s*\.?\s*", re.ASCII)
 
 
 def _chain(rng: random.Random, n_ops: int) -> tuple[int, list[list]]:
@@ -62,10 +63,12 @@ def _line(a: int, op: str, b: int) -> str:
 class Arith(TaskFamily):
     name = "arith"
     unit_name = "line"
+    finite = False  # chains are drawn at random: ask for n of them
 
     def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
         check_split(split)
-        n = 200 if n is None else n
+        if n is None:
+            raise ValueError("family 'arith' draws its prompts at random: give n")
         rng = random.Random(f"arith/{split}/{seed}")
         out, seen = [], set()
         while len(out) < n:
@@ -83,14 +86,7 @@ class Arith(TaskFamily):
         return out
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
-        out, start = [], 0
-        lines = text.split("\n")
-        for i, line in enumerate(lines):
-            last = i == len(lines) - 1
-            end = start + len(line) + (0 if last else 1)
-            out.append(Unit(start, end, end, complete=final or not last))
-            start = end
-        return out
+        return units_ending_with(text, "\n", final=final)
 
     def unit_ok(self, meta: dict, text: str, units: list[Unit], k: int) -> bool:
         body = text[units[k].start:units[k].end]
@@ -126,8 +122,8 @@ class Arith(TaskFamily):
         value, lines = meta["start"], []
         for k, (op, b) in enumerate(ops):
             c = value - b if op == "-" else value + b
-            if k == wrong:
-                c = max(0, c + rng.choice([-10, -2, -1, 1, 2, 10]))
+            if k == wrong:  # a wrong result (it may go negative; later lines carry on from it)
+                c += rng.choice([-10, -2, -1, 1, 2, 10])
             lines.append(f"{value} {op} {b} = {c}")
             value = c
         return "\n".join([*lines, f"Answer: {value}"])

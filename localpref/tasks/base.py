@@ -54,6 +54,19 @@ class Unit:
     complete: bool  # terminated, or the text is final
 
 
+def units_ending_with(text: str, terminator: str, *, final: bool) -> list[Unit]:
+    """Units that end with (and include) ``terminator``; the last, unterminated piece is complete
+    only when the text is final. An empty text is one empty unit."""
+    out, start = [], 0
+    pieces = text.split(terminator)
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        end = start + len(piece) + (0 if last else len(terminator))
+        out.append(Unit(start, end, end, complete=final or not last))
+        start = end
+    return out
+
+
 def split_of(key: str) -> str:
     """Deterministic split of a prompt key by hash (``SPLIT_SHARES``): no prompt is in two splits,
     whatever the seed."""
@@ -75,11 +88,14 @@ class TaskFamily:
 
     name: ClassVar[str]
     unit_name: ClassVar[str] = "unit"  # how reports call a unit ("item", "line")
+    finite: ClassVar[bool] = True  # a fixed pool of prompts (``tasks(n=None)``: all); else n is required
 
     # -- what a family implements --------------------------------------------------------------
 
     def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
-        """``n`` prompts of ``split`` (``SPLITS``), shuffled by ``seed``; splits share no prompt."""
+        """``n`` prompts of ``split`` (``SPLITS``; ``n=None``: all, for a finite family), in an order
+        set by ``seed``; splits share no prompt. The first ``n`` of a larger request are the same
+        prompts, so a collection can be extended."""
         raise NotImplementedError
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
@@ -116,7 +132,11 @@ class TaskFamily:
     def first_error_unit(self, meta: dict, text: str, *, final: bool = True) -> int | None:
         """Index of the first wrong complete unit, or None."""
         offset = self.first_error(meta, text, final=final)
-        return None if offset is None else self._unit_at(text, offset, final)[0]
+        return None if offset is None else self.unit_index(text, offset)
+
+    def unit_index(self, text: str, offset: int) -> int:
+        """Index of the unit of ``text`` that holds ``offset`` (the last one for ``len(text)``)."""
+        return max(k for k, u in enumerate(self.units(text, final=True)) if u.start <= offset)
 
     def verify(self, meta: dict, text: str) -> bool:
         """The final answer ``text`` is right."""

@@ -11,8 +11,9 @@ place is wrong (the model should have stopped) and ``" 43"`` ending the answer e
 (it should have gone on). The correction of item ``k`` is the smallest valid unused number above the
 previous item (so the list stays ascending), or the first unused word/country of a fixed order.
 
-Splits: each prompt goes to pretrain / train / val / heldout by a hash of its text (50/30/10/10,
-``localpref.tasks.base.SPLIT_SHARES``); the rule ``powers_of_two`` is never trained on: all its
+Splits: each (rule, parameters) goes to pretrain / train / val / heldout by a hash (50/30/10/10,
+``localpref.tasks.base.SPLIT_SHARES``) with all its list lengths, since "3 primes above 40" and
+"4 primes above 40" share their items; the rule ``powers_of_two`` is never trained on: all its
 prompts are ``heldout`` (sub-family ``unseen``).
 """
 
@@ -24,7 +25,7 @@ from dataclasses import replace
 
 from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _norm
 from localpref.tasks import register
-from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of, units_ending_with
 
 N_ITEMS = (3, 4, 5)
 UNSEEN_RULES = ("powers_of_two",)  # held out whole: never in train or val
@@ -48,6 +49,13 @@ def _item(piece: str) -> str:
     return piece.strip().rstrip(".").strip()
 
 
+def _key(meta: dict, item: str) -> object:
+    """What makes two items the same: the value for numbers ("041" is "41"), else the normalized text."""
+    if meta["rule"] in _NUMERIC and re.fullmatch(r"[+-]?[0-9]+", item):
+        return int(item)
+    return _norm(item)
+
+
 @register
 class Lists(TaskFamily):
     name = "lists"
@@ -61,7 +69,9 @@ class Lists(TaskFamily):
                 for n_items in N_ITEMS:
                     text = rule.prompt(params, n_items) + FORMAT
                     unseen = rule.name in UNSEEN_RULES
-                    where = "heldout" if unseen else split_of(f"lists/{text}")
+                    # by rule and parameters, not n: "3 primes above 40" and "4 primes above 40"
+                    # share their items, so they must share a split
+                    where = "heldout" if unseen else split_of(f"lists/{rule.name}/{sorted(params.items())}")
                     if where == split:
                         meta = {"family": self.name, "rule": rule.name, "params": dict(params),
                                 "n_items": n_items, "split": split, "subfamily": "unseen" if unseen else "seen"}
@@ -74,14 +84,7 @@ class Lists(TaskFamily):
         return pool[:n]
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
-        out, start = [], 0
-        pieces = text.split(",")
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            end = start + len(piece) + (0 if last else 1)  # the comma belongs to its item
-            out.append(Unit(start, end, end, complete=final or not last))
-            start = end
-        return out
+        return units_ending_with(text, ",", final=final)
 
     def _items(self, text: str, units: list[Unit], k: int) -> list[str]:
         return [_item(text[u.start:u.end].rstrip(",")) for u in units[:k]]
@@ -92,8 +95,8 @@ class Lists(TaskFamily):
         item, has_comma = _item(body.rstrip(",")), body.endswith(",")
         if k >= n or has_comma != (k < n - 1):
             return False
-        earlier = {_norm(x) for x in self._items(text, units, k)}
-        return RULES[meta["rule"]].valid(meta["params"], item) and _norm(item) not in earlier
+        earlier = {_key(meta, x) for x in self._items(text, units, k)}
+        return RULES[meta["rule"]].valid(meta["params"], item) and _key(meta, item) not in earlier
 
     def fix_unit(self, meta: dict, text: str, units: list[Unit], k: int) -> str:
         n = meta["n_items"]
@@ -104,15 +107,15 @@ class Lists(TaskFamily):
 
     def _next_item(self, meta: dict, earlier: list[str]) -> str:
         rule, p = meta["rule"], meta["params"]
-        used = {_norm(x) for x in earlier}
+        used = {_key(meta, x) for x in earlier}
         if rule in _NUMERIC:
-            nums = [int(x) for x in earlier if re.fullmatch(r"[+-]?\d+", x)]
+            nums = [int(x) for x in earlier if re.fullmatch(r"[+-]?[0-9]+", x)]
             floor = p.get("x", p.get("lo", 0))
             lo = max([floor, *nums]) if nums else floor
             top = p["hi"] if "hi" in p else 2 * max(lo, floor) + 10_000  # past any gap of our grids
             for start in (lo, floor):  # ascending if possible, else any unused valid number
                 for v in range(start + 1, top):
-                    if RULES[rule].valid(p, str(v)) and str(v) not in used:
+                    if RULES[rule].valid(p, str(v)) and v not in used:
                         return str(v)
             raise ValueError(f"no valid unused item for {meta}")  # the grids always have room
         pool = (WORDS[p["letter"]] if rule == "words_starting" else

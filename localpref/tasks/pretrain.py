@@ -9,7 +9,7 @@ plus whatever it fails to learn. Prompts of the other splits (train: where steer
 val; heldout) are never seen, so the model is steered on prompts new to it, as a user would.
 
 Each model has its own small byte-level BPE tokenizer (``TinySpec.vocab_size`` tokens, digits
-always single tokens, any text encodable), trained on the same train-split text, with a ChatML
+always single tokens, any text encodable), trained on the same pretrain-split text, with a ChatML
 chat template (``<|im_start|>user ... <|im_end|>``, no system prompt added) whose ``<|im_end|>``
 ends the turn. SmolLM2's 49152-token vocabulary would make the output layer 97% of every forward
 of a model this small; with 1024 tokens the model trains and writes several times faster. Default
@@ -37,7 +37,7 @@ import torch
 
 from localpref.models import cache_root, tiny_llama_config
 
-VERSION = 2  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
+VERSION = 3  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _batch(family, tasks, tokenizer, rng: random.Random, size: int, error_rate: 
 
 
 def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
-    """Train a tiny model on ``family_name``'s train prompts and save it atomically to ``out``."""
+    """Train a tiny model on ``family_name``'s pretrain prompts and save it atomically to ``out``."""
     from transformers import AutoModelForCausalLM
 
     from localpref.log import Progress
@@ -125,7 +125,7 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
     from localpref.tasks import get_family
 
     family = get_family(family_name)
-    tasks = family.tasks("pretrain", n=None if family_name == "lists" else 20_000, seed=spec.seed)
+    tasks = family.tasks("pretrain", n=None if family.finite else 20_000, seed=spec.seed)
     rng = random.Random(spec.seed)
     sample = [tasks[rng.randrange(len(tasks))] for _ in range(4000)]
     tokenizer = train_tokenizer([t for task in sample for t in (*(m["content"] for m in task.prompt),
