@@ -66,3 +66,23 @@ def test_rewrites_pair_the_models_answer_with_a_whole_right_one(collection):
     # unverified: the rewrite is the family's own solution, not the (wrong) final text
     (d,) = [s for s in load_collected(path, form="rewrites")[0] if s.id == "d/rewrite"]
     assert d.corrected == get_family("lists").solve(META) == "41, 43, 47" and d.rejected == "9, 9"
+
+
+def test_trees_lay_out_each_collected_trajectory_in_one_row(collection, smollm2_tokenizer):
+    # data=collected defaults to data.layout=trees: the steps of one trajectory share a row (their
+    # ids "c/step0", "c/step1" name one source record); a rewrite is a group of its own, i.e. pairs.
+    from localpref.data.tokenize import tokenize_steers
+    from localpref.packing import collate_packed, groups
+
+    path, _ = collection
+    steers, _ = load_collected(path, form="steers")
+    examples, _ = tokenize_steers(steers, smollm2_tokenizer, max_length=256)
+    assert [[steers[examples[i].source_index].id for i in g] for g in groups(examples, "trees")] == \
+        [["a/step0"], ["c/step0", "c/step1"], ["d/step0"]]
+    idx = list(range(len(examples)))
+    trees, pairs = (collate_packed(examples, idx, 0, layout=layout) for layout in ("trees", "pairs"))
+    assert trees.input_ids.shape[0] == 3 and pairs.input_ids.shape[0] == 4
+    assert trees.num_tokens < pairs.num_tokens  # c's prompt and first step once, not twice
+    rewrites, _ = load_collected(path, form="rewrites")
+    examples, _ = tokenize_steers(rewrites, smollm2_tokenizer, span="completion", max_length=256)
+    assert groups(examples, "trees") == [[i] for i in range(len(rewrites))]
