@@ -397,7 +397,6 @@ def _trajectory_file(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_a_short_run_gives_the_same_metrics_in_every_layout(tmp_path):
     # The same pairs in the same steps (epoch_order keeps a trajectory's steers together in every
     # layout), only laid out differently: every logged metric agrees to 1e-4 (fp32 rounding; see
