@@ -1,14 +1,17 @@
 """Throughput and peak memory of localpref's layouts against TRL's DPOTrainer, measured in one run.
 
-    .venv/bin/python experiments/throughput/bench.py            # SmolLM2-135M + LoRA and a tiny Llama
-    .venv/bin/python experiments/throughput/bench.py --quick    # tiny Llama, 1 step: a smoke run
+    .venv/bin/python experiments/throughput/bench.py              # SmolLM2-135M + LoRA and a tiny Llama
+    .venv/bin/python experiments/throughput/bench.py --headline   # SmolLM2 only, the issue's ratios, 2 steps
+    .venv/bin/python experiments/throughput/bench.py --quick      # tiny Llama, 1 step: a smoke run
 
 For each model and data set (DeFacto steers; synthetic trajectories of k steers, see data.py) it
 runs, each in a fresh process (``workers.py``) with the same micro-batch, max length, LoRA rank
 and target modules: TRL's ``DPOTrainer`` (reference = adapters disabled), and localpref's
 ``unpacked``, ``pairs`` and (on trajectories) ``trees`` layouts (reference = adapters disabled,
 the localized loss). Then it prints seconds per optimizer step, steers/s, peak RSS and the ratios
-against TRL and against ``unpacked``, and writes ``<out>/throughput[-quick].json`` and ``.png``.
+against TRL and against ``unpacked``, and writes ``<out>/throughput[-quick|-headline].json`` and ``.png``.
+``--cases`` keeps only the named (data set, system) cases; ``--headline`` is the cases the
+issue's targets compare, on SmolLM2 with 2 measured steps each (about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TINY = dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256)  # SmolLM2 tokenizer, v=49152
+# The targets' cases: TRL, unpacked and pairs on DeFacto steers (pairs >= 6x TRL, >= 1.8x unpacked;
+# memory <= 0.5x TRL), and unpacked, pairs and trees on trajectories (trees >= k/2 x pairs).
+HEADLINE = "defacto:trl,defacto:unpacked,defacto:pairs,trajectory:unpacked,trajectory:pairs,trajectory:trees"
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,6 +39,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--datasets", default="defacto,trajectory")
     p.add_argument("--systems", default="trl,trl+mmap,unpacked,pairs,trees",
                    help="trl+mmap: TRL with localpref's allocator setting (memory.return_freed_memory); DeFacto only")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated DATASET:SYSTEM (e.g. defacto:trl,trajectory:trees); default: every "
+                        "combination of --datasets and --systems")
+    p.add_argument("--headline", action="store_true",
+                   help=f"SmolLM2 only, 2 measured steps, --cases {HEADLINE}")
     p.add_argument("--steps", type=int, default=4, help="measured optimizer steps per system")
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps before timing starts")
     p.add_argument("--micro-batch-size", type=int, default=4, help="pairs per step (one micro-batch)")
@@ -43,9 +54,31 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "throughput")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one measurement (JSON spec)
     args = p.parse_args()
+    if args.quick and args.headline:
+        p.error("--quick and --headline are two different runs: pick one")
     if args.quick:
         args.models, args.steps, args.systems = "tiny", 1, args.systems.replace("trl+mmap,", "")
+    if args.headline:
+        args.models, args.steps, args.cases = "smollm2", 2, HEADLINE
+    args.name = "throughput" + ("-quick" if args.quick else "-headline" if args.headline else "")
+    if args.cases is not None:
+        args.cases = [tuple(case.split(":")) for case in args.cases.split(",")]
+        bad = [case for case in args.cases if len(case) != 2 or case[0] not in ("defacto", "trajectory")
+               or case[1] not in ("trl", "trl+mmap", "unpacked", "pairs", "trees")]
+        if bad:
+            p.error(f"--cases takes DATASET:SYSTEM with DATASET defacto|trajectory and SYSTEM "
+                    f"trl|trl+mmap|unpacked|pairs|trees; got {bad}")
+        args.datasets = ",".join(sorted({data for data, _ in args.cases}))
+        args.systems = ",".join(dict.fromkeys(system for _, system in args.cases))
     return args
+
+
+def wanted(args, data: str, system: str) -> bool:
+    """Whether (data set, system) is measured: a named case, or else any sensible combination."""
+    if args.cases is not None:
+        return (data, system) in args.cases
+    # flat steers: trees is pairs; the allocator setting once (on DeFacto) is enough
+    return not ((system == "trees" and data != "trajectory") or (system == "trl+mmap" and data != "defacto"))
 
 
 def run_worker(spec: dict, threads: int) -> dict:
@@ -130,24 +163,23 @@ def main() -> None:
         worker_main(json.loads(args.worker))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / ("data-quick" if args.quick else "data")
+    work = args.out / args.name.replace("throughput", "data")  # data[-quick|-headline]
     files = data_files(args, work)
+    cases = [(model, data, path, system) for model in args.models.split(",") for data, path in files.items()
+             for system in args.systems.split(",") if wanted(args, data, system)]
+    print(f"{len(cases)} cases: " + ", ".join(f"{m}/{d}/{s}" for m, d, _, s in cases), flush=True)
     results = []
-    for model in args.models.split(","):
-        for data, path in files.items():
-            for system in args.systems.split(","):
-                if (system == "trees" and data != "trajectory") or (system == "trl+mmap" and data != "defacto"):
-                    continue  # flat steers: trees is pairs; the allocator setting once is enough
-                spec = dict(system=system, layout=system, model=model, dataset=data, data=str(path), threads=args.threads,
-                            micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                            steps=args.steps, warmup=args.warmup, **({"tiny": TINY} if model == "tiny" else {}))
-                result = {**spec, **run_worker(spec, args.threads)}
-                print(f"{model} {data} {system}: {statistics.median(result['step_seconds']):.2f} s/step, "
-                      f"{result['steers_per_s']:.3f} steers/s, peak RSS {result['peak_rss'] / 1e9:.2f} GB", flush=True)
-                results.append(result)
+    for model, data, path, system in cases:
+        spec = dict(system=system, layout=system, model=model, dataset=data, data=str(path), threads=args.threads,
+                    micro_batch_size=args.micro_batch_size, max_length=args.max_length,
+                    steps=args.steps, warmup=args.warmup, **({"tiny": TINY} if model == "tiny" else {}))
+        result = {**spec, **run_worker(spec, args.threads)}
+        print(f"{model} {data} {system}: {statistics.median(result['step_seconds']):.2f} s/step, "
+              f"{result['steers_per_s']:.3f} steers/s, peak RSS {result['peak_rss'] / 1e9:.2f} GB", flush=True)
+        results.append(result)
     lines = report(results, args.k)
     print("\n".join(lines))
-    name = "throughput-quick" if args.quick else "throughput"
+    name = args.name
     (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "results": results, "report": lines}, indent=1))
     plot(results, args.out / f"{name}.png")
