@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from localpref.data.importers import import_defacto
-from localpref.data.load import load_steers, write_steers
+from localpref.data.load import write_steers
 from localpref.data.schema import Steer
 from localpref.data.tokenize import _Renderer
 
@@ -87,7 +87,3 @@ def trl_rows(steers: list[Steer], tokenizer: Any) -> list[dict[str, str]]:
         rejected = steer.rejected + (renderer.end_of_turn(steer) if steer.rejected_ends_turn else "")
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
-
-
-def read_steers(path: Path) -> list[Steer]:
-    return list(load_steers(path))
