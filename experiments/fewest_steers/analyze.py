@@ -86,6 +86,13 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def _mean(values: list[float | None], digits: int = 2) -> str:
+    """The mean over seeds of the finite values ('--' when there are none: a part without held-out
+    steers has no span metrics; a run that verified nothing has infinite steers per output)."""
+    finite = [v for v in values if v is not None and not math.isinf(v) and not math.isnan(v)]
+    return _fmt(t_interval(finite)[0], digits) if finite else "--"
+
+
 def _ci(values: list[float], digits: int = 2) -> str:
     """'m [lo, hi]' over seeds (or 'm' for one seed); values that are inf (nothing verified) are
     left out and counted: 'm [lo, hi] (1 inf)'."""
@@ -138,14 +145,12 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
         chars = _fmt(sum(r["budget_chars"] for r in runs) / len(runs), 0)
         rows.append([label, chars] + [_ci(_metric(runs, k)) for k, _ in STEER_COLS]
                     + [_ci(_metric(runs, k)) for k, _ in PREF_COLS])
-        spv = [v for v in _metric(runs, "eval/steer/steers_per_verified") if v is not None]
-        if spv:
-            numbers[_macro(part, method, "spv")] = _fmt(t_interval(spv)[0])
-        numbers[_macro(part, method, "pass")] = _fmt(t_interval([v for v in _metric(runs, "eval/steer/pass_rate")])[0])
-        numbers[_macro(part, method, "spannll")] = _fmt(t_interval(_metric(runs, "eval/span/nll"))[0])
+        for what, key in (("spv", "eval/steer/steers_per_verified"), ("pass", "eval/steer/pass_rate"),
+                          ("spannll", "eval/span/nll"), ("kl", "eval/drift/kl")):
+            numbers[_macro(part, method, what)] = _mean(_metric(runs, key))
     for what, key in (("spv", "eval/steer/steers_per_verified"), ("pass", "eval/steer/pass_rate"),
                       ("spannll", "eval/span/nll")):
-        numbers[_macro(part, "base", what)] = _fmt(t_interval(_metric(base, key))[0]) if base else "--"
+        numbers[_macro(part, "base", what)] = _mean(_metric(base, key))
     seeds = len({r["seed"] for r in final})
     header = ["method", "chars"] + [c for _, c in STEER_COLS] + [c for _, c in PREF_COLS]
     caption = (f"{part}: held-out steering (greedy, at most {summary['settings']['parts'][part]['steer_budget']} "
@@ -370,10 +375,12 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
         rs = _runs(summary, "defacto", "final", method=method)
         rows.append([LABELS.get(method, method.replace("_", " ")), str(rs[0]["data"].get("data/train_pairs", "--"))]
                     + [_ci(_metric(rs, k)) for k, _ in cols])
-        numbers[_macro("defacto", method, "spannll")] = _fmt(t_interval(_metric(rs, "eval/span/nll"))[0])
-        numbers[_macro("defacto", method, "acc")] = _fmt(t_interval(_metric(rs, "eval/span/logp_accuracy"))[0])
-    numbers[_macro("defacto", "base", "spannll")] = _fmt(t_interval([b["eval/span/nll"] for b in before])[0])
-    numbers[_macro("defacto", "base", "acc")] = _fmt(t_interval([b["eval/span/logp_accuracy"] for b in before])[0])
+        for what, key in (("spannll", "eval/span/nll"), ("acc", "eval/span/logp_accuracy"),
+                          ("driftnll", "eval/drift/nll"), ("kl", "eval/drift/kl")):
+            numbers[_macro("defacto", method, what)] = _mean(_metric(rs, key))
+    for what, key in (("spannll", "eval/span/nll"), ("acc", "eval/span/logp_accuracy"),
+                      ("driftnll", "eval/drift/nll"), ("kl", "eval/drift/kl")):
+        numbers[_macro("defacto", "base", what)] = _mean([b.get(key) for b in before])
     tex = _table("defacto", ["method", "pairs"] + [c for _, c in cols], rows,
                  "DeFacto test split (human corrections of summaries, never tuned on): preference metrics of "
                  "SmolLM2-135M-Instruct + LoRA after training at equal annotation cost. Mean [95\\% CI] over seeds.")
