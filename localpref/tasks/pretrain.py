@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from localpref.models import cache_root, tiny_llama_config
+from localpref.models import cache_root, publish_folder, tiny_llama_config
 
 VERSION = 3  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
 
@@ -167,11 +167,7 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
                 "parameters": sum(p.numel() for p in model.parameters()), "train_prompts": len(tasks),
                 "seconds": round(time.time() - start, 1), "loss": losses}
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
-        try:
-            tmp.rename(out)
-        except OSError:  # a concurrent build finished first; its model is as good as ours
-            if not (out / "pretrain.json").exists():
-                raise
+        publish_folder(tmp, out, "pretrain.json")  # a concurrent build may have finished first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
