@@ -1,12 +1,14 @@
 """Which loss makes a model need the fewest steers, at equal annotation cost?
 
-    python experiments/fewest_steers/run.py --out results/fewest_steers            # all parts (hours, 2 cores)
-    python experiments/fewest_steers/run.py --out /tmp/fs --quick                   # every code path, minutes
-    python experiments/fewest_steers/analyze.py results/fewest_steers               # tables, figures -> paper/
+    python experiments/fewest_steers/run.py --out outputs/fewest_steers      # the paper's parts (~2.2 h, 2 cores)
+    python experiments/fewest_steers/run.py --out /tmp/fs --quick             # every code path, all four parts, minutes
+    python experiments/fewest_steers/analyze.py outputs/fewest_steers         # tables, figures -> paper/
 
 Parts (``--parts``): ``tiny-lists`` and ``tiny-arith`` (the families' tiny task models, full
-fine-tuning, many seeds, curves over annotation budgets, iterated rounds), ``smollm2-lists``
-(SmolLM2-135M-Instruct + LoRA), ``defacto`` (SmolLM2 + LoRA on real human corrections of summaries).
+fine-tuning, three seeds; on tiny-lists also curves over annotation budgets, the train-prompts
+diagnostic and iterated rounds), ``smollm2-lists`` (SmolLM2-135M-Instruct + LoRA), and, only when
+asked for (``--parts defacto``, or ``--quick``), ``defacto`` (SmolLM2 + LoRA on real human
+corrections of summaries).
 
 Per task part (tiny-*, smollm2-*), in order (each stage resumable: a job whose ``result.json``
 exists is skipped, so rerunning the command continues where it stopped):
