@@ -90,13 +90,12 @@ class Trajectory:
         if len(self.steps) >= self.budget:
             self.stopped = "budget"
             return None
-        final = ended
-        stop = family.unit_stop(meta, text, offset, final=final)
+        stop = family.unit_stop(meta, text, offset, final=ended)
         rejected, rejected_ends_turn = text[offset:stop], ended and stop == len(text)
         if not rejected and not rejected_ends_turn:
             self.stopped = "max_new_tokens"  # out of tokens mid-answer: nothing the model wrote to reject
             return None
-        corrected = family.correct(meta, text, offset, final=final)
+        corrected = family.correct(meta, text, offset, final=ended)
         fixed = text[:offset] + corrected
         ends_turn = family.verify(meta, fixed)  # the correction completes a right answer: accept
         self.steps.append(make_step(self.tok, text[self.accepted_from:offset], rejected, corrected,

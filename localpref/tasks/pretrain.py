@@ -13,7 +13,8 @@ always single tokens, any text encodable), trained on the same pretrain-split te
 chat template (``<|im_start|>user ... <|im_end|>``, no system prompt added) whose ``<|im_end|>``
 ends the turn. SmolLM2's 49152-token vocabulary would make the output layer 97% of every forward
 of a model this small; with 1024 tokens the model trains and writes several times faster. Default
-size (``TinySpec``): 4 layers, width 128, 4 heads, MLP 512, tied embeddings, about 1.1M parameters (with its own 1024-token tokenizer). It is cached as an ordinary Hugging Face folder (with
+size (``TinySpec``): 4 layers, width 128, 4 heads, MLP 512, tied embeddings, about 1.1M
+parameters. It is cached as an ordinary Hugging Face folder (with
 ``pretrain.json``: settings, loss curve, wall-clock) under ``cache_root()/models/tiny-<family>-<hash>``,
 keyed by the settings and ``VERSION``, and built on first use::
 
