@@ -76,7 +76,7 @@ def run_demo(overrides: list[str]) -> int:
     before, after = evals[0], evals[-1]
     counts = next(r for r in rows if "data/train_pairs" in r)
     split = cfg.steer_eval.split
-    print(f"\nsteering {cfg.steer_eval.n} {split} prompts of '{cfg.steer_eval.family}' greedily, at most "
+    print(f"\nsteering {int(after['eval/steer/tasks'])} {split} prompts of '{cfg.steer_eval.family}' greedily, at most "
           f"{cfg.steer_eval.budget} steers each, before -> after training on {counts['data/train_pairs']} "
           f"steers the model needed ({counts.get('data/collected/chars', '?')} characters typed):")
     for key, text in STEER:

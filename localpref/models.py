@@ -65,14 +65,20 @@ def smollm2_dir() -> Path:
         model.load_state_dict(quantized.state_dict())
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process won the race; its folder is as good as ours
-            if not (out / "model.safetensors").exists():
-                raise
+        publish_folder(tmp, out, "model.safetensors")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def publish_folder(tmp: Path, out: Path, marker: str) -> None:
+    """Rename a fully written ``tmp`` folder to ``out``. If another process got there first (its
+    ``out/marker`` exists), its folder is as good as ours and ours is left for the caller to remove."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / marker).exists():
+            raise
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):

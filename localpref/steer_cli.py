@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
+    sock.listen(128)  # connections made once the URL is printed wait in the backlog until uvicorn starts
     port = sock.getsockname()[1]
     try:  # also before loading the model
         warning = prepare_output(Path(args.out))

@@ -38,6 +38,20 @@ from localpref.stats import bootstrap_interval, wilson_interval
 from localpref.tasks import Task, TaskFamily
 
 
+def make_step(tokenizer: Any, accepted: str, rejected: str, corrected: str, *, rejected_ends_turn: bool,
+              corrected_ends_turn: bool) -> dict[str, Any]:
+    """One trajectory step as collection files and the steering page store it: the texts, what the
+    correction cost to type (characters, tokens) and the end-of-turn flags that are set."""
+    step: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "corrected": corrected,
+                            "cost": {"chars": len(corrected),
+                                     "tokens": len(tokenizer(corrected, add_special_tokens=False)["input_ids"])}}
+    if rejected_ends_turn:
+        step["rejected_ends_turn"] = True
+    if corrected_ends_turn:
+        step["corrected_ends_turn"] = True
+    return step
+
+
 def task_seed(seed: int, task_id: str) -> int:
     """A per-task sampling seed: runs are reproducible and independent of the order of tasks."""
     return zlib.crc32(f"{seed}/{task_id}".encode())
@@ -76,23 +90,16 @@ class Trajectory:
         if len(self.steps) >= self.budget:
             self.stopped = "budget"
             return None
-        final = ended
-        stop = family.unit_stop(meta, text, offset, final=final)
+        stop = family.unit_stop(meta, text, offset, final=ended)
         rejected, rejected_ends_turn = text[offset:stop], ended and stop == len(text)
         if not rejected and not rejected_ends_turn:
             self.stopped = "max_new_tokens"  # out of tokens mid-answer: nothing the model wrote to reject
             return None
-        corrected = family.correct(meta, text, offset, final=final)
+        corrected = family.correct(meta, text, offset, final=ended)
         fixed = text[:offset] + corrected
         ends_turn = family.verify(meta, fixed)  # the correction completes a right answer: accept
-        step = {"accepted": text[self.accepted_from:offset], "rejected": rejected, "corrected": corrected,
-                "cost": {"chars": len(corrected),
-                         "tokens": len(self.tok(corrected, add_special_tokens=False)["input_ids"])}}
-        if rejected_ends_turn:
-            step["rejected_ends_turn"] = True
-        if ends_turn:
-            step["corrected_ends_turn"] = True
-        self.steps.append(step)
+        self.steps.append(make_step(self.tok, text[self.accepted_from:offset], rejected, corrected,
+                                    rejected_ends_turn=rejected_ends_turn, corrected_ends_turn=ends_turn))
         self.accepted_from = len(fixed)
         if ends_turn:
             self.text, self.stopped = fixed, "verified"

@@ -36,6 +36,7 @@ from localpref.data.load import steers_from_record, validate_steer
 from localpref.data.schema import Steer
 from localpref.data.tokenize import tokenize_steer
 from localpref.generation import TurnWriter
+from localpref.steering import make_step
 
 MAX_STEPS = 64  # corrections in one trajectory
 MAX_PASSES_TOKENS = 16  # Continue (without a correction) is refused past this many times max_new_tokens
@@ -178,14 +179,8 @@ class PageSession:
             hint = {"empty_continuation": " (tick 'the answer ends here' to cut the rest)"}.get(e.reason, "")
             message = e.message.removeprefix("steer None: ")  # the tokenizer's errors name the steer
             raise PageError(422, f"this correction cannot be trained on: {message}{hint} [{e.reason}]") from None
-        step: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "corrected": corrected,
-                                "cost": {"chars": len(corrected),
-                                         "tokens": len(self.tok(corrected, add_special_tokens=False)["input_ids"])}}
-        if rejected_ends_turn:
-            step["rejected_ends_turn"] = True
-        if ends_turn:
-            step["corrected_ends_turn"] = True
-        return step
+        return make_step(self.tok, accepted, rejected, corrected, rejected_ends_turn=rejected_ends_turn,
+                         corrected_ends_turn=ends_turn)
 
     # -- the record -----------------------------------------------------------------------------
 

@@ -20,10 +20,9 @@ prompts are ``heldout`` (sub-family ``unseen``).
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import replace
 
-from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _norm
+from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _int, _norm
 from localpref.tasks import register
 from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of, units_ending_with
 
@@ -51,9 +50,8 @@ def _item(piece: str) -> str:
 
 def _key(meta: dict, item: str) -> object:
     """What makes two items the same: the value for numbers ("041" is "41"), else the normalized text."""
-    if meta["rule"] in _NUMERIC and re.fullmatch(r"[+-]?[0-9]+", item):
-        return int(item)
-    return _norm(item)
+    value = _int(item) if meta["rule"] in _NUMERIC else None
+    return _norm(item) if value is None else value
 
 
 @register
@@ -109,7 +107,7 @@ class Lists(TaskFamily):
         rule, p = meta["rule"], meta["params"]
         used = {_key(meta, x) for x in earlier}
         if rule in _NUMERIC:
-            nums = [int(x) for x in earlier if re.fullmatch(r"[+-]?[0-9]+", x)]
+            nums = [v for v in map(_int, earlier) if v is not None]
             floor = p.get("x", p.get("lo", 0))
             lo = max([floor, *nums]) if nums else floor
             top = p["hi"] if "hi" in p else 2 * max(lo, floor) + 10_000  # past any gap of our grids

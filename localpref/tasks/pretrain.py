@@ -13,7 +13,8 @@ always single tokens, any text encodable), trained on the same pretrain-split te
 chat template (``<|im_start|>user ... <|im_end|>``, no system prompt added) whose ``<|im_end|>``
 ends the turn. SmolLM2's 49152-token vocabulary would make the output layer 97% of every forward
 of a model this small; with 1024 tokens the model trains and writes several times faster. Default
-size (``TinySpec``): 4 layers, width 128, 4 heads, MLP 512, tied embeddings, about 0.9M parameters. It is cached as an ordinary Hugging Face folder (with
+size (``TinySpec``): 4 layers, width 128, 4 heads, MLP 512, tied embeddings, about 1.1M
+parameters. It is cached as an ordinary Hugging Face folder (with
 ``pretrain.json``: settings, loss curve, wall-clock) under ``cache_root()/models/tiny-<family>-<hash>``,
 keyed by the settings and ``VERSION``, and built on first use::
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from localpref.models import cache_root, tiny_llama_config
+from localpref.models import cache_root, publish_folder, tiny_llama_config
 
 VERSION = 3  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
 
@@ -167,11 +168,7 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
                 "parameters": sum(p.numel() for p in model.parameters()), "train_prompts": len(tasks),
                 "seconds": round(time.time() - start, 1), "loss": losses}
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
-        try:
-            tmp.rename(out)
-        except OSError:  # a concurrent build finished first; its model is as good as ours
-            if not (out / "pretrain.json").exists():
-                raise
+        publish_folder(tmp, out, "pretrain.json")  # a concurrent build may have finished first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
