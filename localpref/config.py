@@ -72,6 +72,11 @@ class DataConfig:
     # within this many tokens (trainer.micro_batch_size x grad_accum then only sets the pairs per
     # step); None: micro_batch_size pairs per micro-batch, as unpacked.
     tokens_per_micro_batch: Optional[int] = None
+    # Which pairs an optimizer step holds: each epoch permutes "pairs" (one by one) or
+    # "trajectories" (a source record's steers stay side by side, in order, so `trees` can put them
+    # in one row). None: "trajectories" for layout=trees, else "pairs". Runs in different layouts
+    # follow the same trajectory only with the same shuffle (flat steers: both are one permutation).
+    shuffle: Optional[str] = None
 
 
 @dataclass
@@ -180,6 +185,7 @@ _CHOICES = {
     "data.eval_span": (None, "hunk", "continuation", "completion"),
     "data.on_error": ("raise", "skip"),
     "data.layout": ("unpacked", "pairs", "trees"),
+    "data.shuffle": (None, "pairs", "trajectories"),
     "loss.objective": ("sft", "preference"),
     "loss.mask": ("span", "completion"),
     "loss.aggregation": ("sum", "mean"),
@@ -236,6 +242,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError("data.tokens_per_micro_batch applies to data.layout=pairs|trees only")
         if cfg.data.tokens_per_micro_batch < 1:
             raise ValueError(f"data.tokens_per_micro_batch={cfg.data.tokens_per_micro_batch} must be >= 1")
+    if cfg.data.layout == "trees" and cfg.data.shuffle == "pairs":
+        raise ValueError("data.layout=trees needs data.shuffle=trajectories (or null): shuffled one by one, "
+                         "a trajectory's steers land in different steps and cannot share a row")
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
         raise ValueError("reference=adapter_disabled needs peft=lora (there are no adapters to disable)")
     t = cfg.trainer

@@ -53,18 +53,20 @@ def _seq(logps: Tensor, mask: Tensor) -> Tensor:
     return (logps * mask).sum(-1)
 
 
-def _kl_rows(scorer, policy_rows: Tensor, ref_rows: Tensor) -> Tensor:
-    """(n,) KL(pi || ref) of the next-token distributions the head makes of (n, d) rows, fp32.
+def _kl_rows(policy_head: Callable[[Tensor], Tensor], reference_head: Callable[[Tensor], Tensor],
+             policy_rows: Tensor, ref_rows: Tensor) -> Tensor:
+    """(n,) KL(pi || ref) of the next-token distributions that each side's own head makes of its
+    (n, d) rows, fp32.
 
     fp32 because the KL is a small difference of large terms. Computed a chunk of rows at a time,
     so that no more than a ``CHUNK_BYTES`` (rows, v) block of each side is alive.
     """
-    v = scorer(project=policy_rows[:1]).shape[-1]
+    v = policy_head(policy_rows[:1]).shape[-1]
     step = max(1, CHUNK_BYTES // (4 * v))
     out = []
     for s in range(0, policy_rows.shape[0], step):
-        p = torch.log_softmax(scorer(project=policy_rows[s:s + step]), -1)  # (rows, v) fp32
-        q = torch.log_softmax(scorer(project=ref_rows[s:s + step].to(policy_rows.device)), -1)
+        p = torch.log_softmax(policy_head(policy_rows[s:s + step]), -1)  # (rows, v) fp32
+        q = torch.log_softmax(reference_head(ref_rows[s:s + step].to(policy_rows.device)), -1)
         out.append((p.exp() * (p - q)).sum(-1))
     return torch.cat(out) if out else policy_rows.new_zeros(0, dtype=torch.float32)
 
@@ -83,11 +85,12 @@ def _span_metrics(pol_c: Tensor, pol_r: Tensor, ref_c: Tensor, ref_r: Tensor, ba
             "drift/nll": -_seq(pol_c, comp_c).sum()}
 
 
-def _drift_kl(scorer, policy_rows: Tensor, ref_rows: Tensor, batch, keep: Tensor) -> Tensor:
+def _drift_kl(scorer, reference, policy_rows: Tensor, ref_rows: Tensor, batch, keep: Tensor) -> Tensor:
     """() KL(pi || ref) summed over each pair's chosen completion tokens (the distributions that
     predict them); rows (n_keep, d) of the row tokens ``keep`` (r, t) marks, in row-major order."""
     kl = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
-    kl = kl.masked_scatter(keep, _kl_rows(scorer, policy_rows, ref_rows))  # (r, t)
+    head = lambda rows: scorer(project=rows)  # noqa: E731
+    kl = kl.masked_scatter(keep, _kl_rows(head, reference.project, policy_rows, ref_rows))  # (r, t)
     comp_c, _ = batch.masks("completion")
     # A row token shared by several pairs' chosen completions counts once per pair, as unpacked.
     return torch.where(comp_c, batch.split(kl)[0], 0.0).sum()
@@ -133,7 +136,7 @@ def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: 
         ref_c, ref_r, ref_rows = _reference_outputs(reference, batch, keep, reference_cache, key)
         metrics = _span_metrics(pol_c, pol_r, ref_c, ref_r, batch)
         if ref_rows is not None:
-            metrics["drift/kl"] = _drift_kl(scorer, pol_rows, ref_rows, batch, keep)
+            metrics["drift/kl"] = _drift_kl(scorer, reference, pol_rows, ref_rows, batch, keep)
         for name, value in metrics.items():
             sums[name] = sums.get(name, 0.0) + float(value)
         pairs += batch.num_pairs

@@ -168,13 +168,16 @@ def groups(examples: Sequence, layout: str) -> list[list[int]]:
     return list(out.values())
 
 
-def epoch_order(examples: Sequence, generator: torch.Generator) -> list[int]:
-    """A permutation of the dataset that keeps each trajectory's steers together, in order.
+def epoch_order(examples: Sequence, generator: torch.Generator, *, by_trajectory: bool) -> list[int]:
+    """A permutation of the dataset for one epoch (``data.shuffle``).
 
-    The groups of ``groups(examples, "trees")`` are permuted, so that a step can hold whole
-    trajectories. Every layout uses this order, so they all see the same pairs in the same steps;
-    with no trajectories it is ``torch.randperm(len(examples), generator=generator)``.
+    ``by_trajectory``: the groups of ``groups(examples, "trees")`` are permuted, so each
+    trajectory's steers stay together, in order, and a step can hold whole trajectories (what
+    ``trees`` needs). Otherwise, and always when there are no trajectories, it is
+    ``torch.randperm(len(examples), generator=generator)``.
     """
+    if not by_trajectory:
+        return torch.randperm(len(examples), generator=generator).tolist()
     parts = groups(examples, "trees")
     return [i for g in torch.randperm(len(parts), generator=generator).tolist() for i in parts[g]]
 

@@ -240,6 +240,13 @@ class ModelReference:
         with self._context():
             return score_and_keep(self.scorer, batch, mask_kind, keep)
 
+    @torch.no_grad()
+    def project(self, rows: Tensor) -> Tensor:
+        """(n, d) rows of ``score_and_keep`` -> (n, v) fp32 logits through the *reference's* head
+        (a ``copy`` reference's lm_head is not the trained policy's)."""
+        with self._context():
+            return self.scorer(project=rows)
+
 
 def make_model_reference(kind: str, policy: TokenScorer) -> ModelReference:
     """A ``copy`` or ``adapter_disabled`` reference of the policy as it is now (before training).

@@ -375,17 +375,27 @@ def plain_eval(policy: torch.nn.Module, reference: torch.nn.Module, examples) ->
 
 
 @pytest.mark.parametrize("layout", ["unpacked", "pairs", "trees"])
-def test_evaluation_in_every_layout_equals_hf_logits(layout):
+@pytest.mark.parametrize("kind", ["adapter_disabled", "copy"])
+def test_evaluation_in_every_layout_equals_hf_logits(layout, kind):
     from localpref.evaluate import evaluate
     from localpref.reference import make_model_reference
 
     examples = random_steers(256, seed=6, k=3)
-    model = with_lora(tiny())
-    policy = TokenScorer(model)
-    reference = make_model_reference("adapter_disabled", policy)
+    if kind == "adapter_disabled":
+        model = with_lora(tiny())
+        policy = TokenScorer(model)
+        reference = make_model_reference(kind, policy)
+        with model.disable_adapter():
+            base = copy.deepcopy(model.get_base_model())
+    else:  # full fine-tuning: the policy's lm_head has moved too, so each side needs its own head
+        model = tiny()
+        policy = TokenScorer(model)
+        reference = make_model_reference(kind, policy)
+        base = reference.scorer.model
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
     got = evaluate(policy, reference, examples, 0, batch_size=4, device=torch.device("cpu"), layout=layout)
-    with model.disable_adapter():
-        base = copy.deepcopy(model.get_base_model())
     want = plain_eval(model, base, examples)
     assert want["drift/kl"] > 1e-4  # the adapters moved the policy away from the reference
     for key, value in want.items():
@@ -434,3 +444,33 @@ def test_a_token_budget_without_a_packed_layout_is_a_config_error():
         validate(cfg)
     cfg.data.layout = "pairs"
     validate(cfg)
+
+
+def test_trees_with_steers_shuffled_one_by_one_is_a_config_error():
+    from localpref.config import TrainConfig, validate
+
+    cfg = TrainConfig()
+    cfg.model.source, cfg.data.source, cfg.data.layout, cfg.data.shuffle = "tiny", "examples", "trees", "pairs"
+    with pytest.raises(ValueError, match="data.layout=trees needs data.shuffle=trajectories"):
+        validate(cfg)
+    cfg.data.shuffle = "trajectories"
+    validate(cfg)
+
+
+def test_epoch_order_keeps_trajectories_together_only_when_asked():
+    from localpref.packing import epoch_order
+
+    examples = random_steers(64, seed=3, k=3)  # trajectories of 3 steers
+    records = [e.source_record for e in examples]
+    plain = epoch_order(examples, torch.Generator().manual_seed(5), by_trajectory=False)
+    assert plain == torch.randperm(len(examples), generator=torch.Generator().manual_seed(5)).tolist()
+    grouped = epoch_order(examples, torch.Generator().manual_seed(5), by_trajectory=True)
+    assert sorted(grouped) == list(range(len(examples)))
+    # Each trajectory's steers are one run of consecutive positions; the two flat steers (record
+    # None) come one by one: 2 + 2 runs.
+    runs, start = [], 0
+    for end in range(1, len(grouped) + 1):
+        if end == len(grouped) or records[grouped[end]] != records[grouped[start]] or records[grouped[start]] is None:
+            runs.append(records[grouped[start]])
+            start = end
+    assert sorted(map(str, runs)) == sorted(map(str, [("prompt", "traj0"), ("prompt", "traj1"), None, None]))

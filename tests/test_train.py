@@ -398,13 +398,14 @@ def _trajectory_file(path: Path, n: int, seed: int) -> Path:
 
 
 def test_a_short_run_gives_the_same_metrics_in_every_layout(tmp_path):
-    # The same pairs in the same steps (epoch_order keeps a trajectory's steers together in every
-    # layout), only laid out differently: every logged metric agrees to 1e-4 (fp32 rounding; see
+    # The same pairs in the same steps (data.shuffle=trajectories keeps a trajectory's steers
+    # together in every layout), only laid out differently: every logged metric agrees to 1e-4 (fp32 rounding; see
     # tests/test_packing.py), in the padded layout, pairs, trees, and trees under a token budget.
     data = ["data=jsonl", f"data.path={_trajectory_file(tmp_path / 'train.jsonl', 8, 0)}",
             f"data.eval_path={_trajectory_file(tmp_path / 'eval.jsonl', 2, 1)}", "data.n_train=null",
             "data.n_eval=null", "trainer.max_steps=4", "trainer.micro_batch_size=3", "trainer.grad_accum=2",
-            "trainer.lr=5e-2", "trainer.eval_every=2", "trainer.checkpoint_every=1", "loss.beta=0.5"]
+            "trainer.lr=5e-2", "trainer.eval_every=2", "trainer.checkpoint_every=1", "loss.beta=0.5",
+            "data.shuffle=trajectories"]
     runs = {}
     for name, layout in [("unpacked", ["data.layout=unpacked"]), ("pairs", ["data.layout=pairs"]),
                          ("trees", ["data.layout=trees"]),
