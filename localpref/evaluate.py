@@ -28,7 +28,9 @@ the rows the head sees at the chosen completion tokens from the same two forward
 them through lm_head a chunk of rows at a time (a ``(rows, v)`` fp32 block under
 ``logprobs.CHUNK_BYTES``). The reference never changes, so ``reference_cache`` (a dict the caller
 keeps) holds its outputs from the first evaluation for the later ones (rows only while they
-fit in ``CACHE_BYTES``); from then on an evaluation is one policy forward.
+fit in ``CACHE_BYTES``); from then on an evaluation is one policy forward. Before training the
+policy computes exactly what the reference computes (``ModelReference.is_policy``: LoRA B all
+zero, or a copy equal to the policy), so that first evaluation is one forward too.
 """
 
 from __future__ import annotations
@@ -96,13 +98,14 @@ def _drift_kl(scorer, reference, policy_rows: Tensor, ref_rows: Tensor, batch, k
     return torch.where(comp_c, batch.split(kl)[0], 0.0).sum()
 
 
-def _reference_outputs(reference, batch, keep: Tensor, cache: dict | None, key: int):
-    """(ref_c (b, t), ref_r (b, t), rows (n_keep, d) or None) of one evaluation batch, cached."""
+def _reference_outputs(reference, batch, keep: Tensor, cache: dict | None, key: int, policy_outputs=None):
+    """(ref_c (b, t), ref_r (b, t), rows (n_keep, d) or None) of one evaluation batch, cached;
+    ``policy_outputs`` (the policy's, when it is still the reference) stand in for a forward."""
     if cache is not None and key in cache:
         ref_c, ref_r, rows = cache[key]
         device = keep.device
         return ref_c.to(device), ref_r.to(device), rows if rows is None else rows.to(device)
-    ref_c, ref_r, rows = reference.score_and_keep(batch, "completion", keep)
+    ref_c, ref_r, rows = policy_outputs or reference.score_and_keep(batch, "completion", keep)
     if cache is not None:
         held = sum(x.numel() * x.element_size() for _, _, x in cache.values() if x is not None)
         if rows is None or held + rows.numel() * rows.element_size() <= CACHE_BYTES:
@@ -127,13 +130,18 @@ def evaluate(scorer, reference, examples: Sequence, pad_id: int, *, batch_size: 
     # the order, the padding does.
     parts = sorted(groups(examples, "trees"), key=lambda g: max(len(examples[i].chosen_ids) for i in g))
     order = [i for g in parts for i in g]
+    n_batches = -(-len(examples) // batch_size)
+    # Before training the policy is the reference (LoRA B = 0, or a copy not yet moved): its own
+    # forward gives the reference's outputs, exactly, and fills the cache for later evaluations.
+    same = (reference_cache is None or len(reference_cache) < n_batches) and reference.is_policy(scorer)
     for key, start in enumerate(range(0, len(examples), batch_size)):
         idx = order[start:start + batch_size]
         batch = collate(examples, idx, pad_id, layout=layout).to(device)
         comp_c, comp_r = batch.masks("completion")
         keep = batch.to_rows(comp_c, torch.zeros_like(comp_r))  # (r, t): the chosen completions' tokens
         pol_c, pol_r, pol_rows = score_and_keep(scorer, batch, "completion", keep)  # the span is inside
-        ref_c, ref_r, ref_rows = _reference_outputs(reference, batch, keep, reference_cache, key)
+        ref_c, ref_r, ref_rows = _reference_outputs(reference, batch, keep, reference_cache, key,
+                                                    (pol_c, pol_r, pol_rows) if same else None)
         metrics = _span_metrics(pol_c, pol_r, ref_c, ref_r, batch)
         if ref_rows is not None:
             metrics["drift/kl"] = _drift_kl(scorer, reference, pol_rows, ref_rows, batch, keep)

@@ -241,6 +241,27 @@ class ModelReference:
             return score_and_keep(self.scorer, batch, mask_kind, keep)
 
     @torch.no_grad()
+    def is_policy(self, policy: "TokenScorer") -> bool:
+        """True when the reference computes exactly what ``policy`` computes now (before training),
+        so one forward can serve both. ``adapter_disabled``: every LoRA B matrix is zero (PEFT's
+        init) and nothing else trains; ``copy``: every parameter and buffer equals the copy's.
+        False whenever that cannot be told cheaply (DoRA, sharded weights, other names)."""
+        if policy is self.scorer:  # adapter_disabled: the adapters' contribution must be exactly 0
+            for name, param in policy.model.named_parameters():
+                if not param.requires_grad or "lora_A" in name or "lora_embedding_A" in name:
+                    continue
+                if ("lora_B" not in name and "lora_embedding_B" not in name) or bool(param.any()):
+                    return False
+            return True
+        mine = dict(self.scorer.model.state_dict(keep_vars=True))
+        theirs = dict(policy.model.state_dict(keep_vars=True))
+        if mine.keys() != theirs.keys() or (self.scorer.precision, self.scorer.span_only) != (
+                policy.precision, policy.span_only):
+            return False
+        return all(type(a.data) is torch.Tensor and type(b.data) is torch.Tensor and a.dtype == b.dtype
+                   and torch.equal(a.data, b.data.to(a.device)) for a, b in ((mine[k], theirs[k]) for k in mine))
+
+    @torch.no_grad()
     def project(self, rows: Tensor) -> Tensor:
         """(n, d) rows of ``score_and_keep`` -> (n, v) fp32 logits through the *reference's* head
         (a ``copy`` reference's lm_head is not the trained policy's)."""
@@ -317,6 +338,10 @@ class PrecomputedReference:
                 logps[row, stored[row].cpu()] = self.table[f"{side}/{i}"]
             out.append(logps.to(kind_mask.device) * kind_mask)
         return out[0], out[1]
+
+    def is_policy(self, policy: "TokenScorer") -> bool:
+        """A table is never re-derived from the policy (it is cheap to read)."""
+        return False
 
     def score_and_keep(self, batch, mask_kind: str, keep: Tensor) -> tuple[Tensor, Tensor, None]:
         """No model is kept, so no rows: drift KL is not available with precomputed references."""

@@ -421,6 +421,47 @@ def test_later_evaluations_reuse_the_reference_outputs():
     assert run() == first and len(calls) == n  # no reference forward the second time
 
 
+@pytest.mark.parametrize("kind", ["adapter_disabled", "copy"])
+def test_before_training_one_forward_serves_policy_and_reference(kind):
+    # PEFT starts LoRA B at 0 and a copy reference equals the policy until the first step: the
+    # reference's outputs are then exactly the policy's, so evaluation runs one forward per batch,
+    # gives what two forwards give, and fills the cache. Once the policy moves, the reference
+    # model is run again (nothing stale is read).
+    from peft import LoraConfig, get_peft_model
+
+    from localpref.evaluate import evaluate
+    from localpref.reference import make_model_reference
+
+    examples = random_steers(256, seed=9, k=3)
+    model = tiny()
+    if kind == "adapter_disabled":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    policy = TokenScorer(model)
+    reference = make_model_reference(kind, policy)
+    assert reference.is_policy(policy)
+    calls = []
+    score = reference.score_and_keep
+    reference.score_and_keep = lambda *a, **k: calls.append(1) or score(*a, **k)
+    cache: dict = {}
+    got = evaluate(policy, reference, examples, 0, batch_size=4, device=torch.device("cpu"), layout="pairs",
+                   reference_cache=cache)
+    assert calls == [] and len(cache) == -(-len(examples) // 4)
+    is_policy, reference.is_policy = reference.is_policy, lambda policy: False  # force two forwards
+    want = evaluate(policy, reference, examples, 0, batch_size=4, device=torch.device("cpu"), layout="pairs")
+    assert len(calls) > 0 and got == want  # the two-forward path: the same numbers, bit for bit
+    reference.is_policy = is_policy
+    assert got["span/reward_accuracy"] == 0.5 and got["drift/kl"] == 0.0  # every margin an exact tie
+
+    with torch.no_grad():  # as training would: the policy is no longer the reference
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_A" not in name:
+                param.add_(0.05 * torch.randn_like(param))
+    assert not reference.is_policy(policy)
+    calls.clear()
+    moved = evaluate(policy, reference, examples, 0, batch_size=4, device=torch.device("cpu"), layout="pairs")
+    assert len(calls) == -(-len(examples) // 4) and moved["drift/kl"] > 0
+
+
 @pytest.mark.gpu
 def test_flex_attention_block_mask_equals_unpacked_on_cuda():
     # Only where FlexAttention can run (it compiles a GPU kernel); skipped without CUDA.

@@ -29,16 +29,19 @@ REPO = HERE.parents[1]
 TINY = dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256)  # SmolLM2 tokenizer, v=49152
 # The targets' cases: TRL, unpacked and pairs on DeFacto steers (pairs >= 6x TRL, >= 1.8x unpacked;
 # memory <= 0.5x TRL), and unpacked, pairs and trees on trajectories (trees >= k/2 x pairs).
-HEADLINE = "defacto:trl,defacto:unpacked,defacto:pairs,trajectory:unpacked,trajectory:pairs,trajectory:trees"
+# pairs+heap: pairs with glibc's default allocator (no return_freed_memory): the speed/memory trade.
+HEADLINE = ("defacto:trl,defacto:unpacked,defacto:pairs,defacto:pairs+heap,"
+            "trajectory:unpacked,trajectory:pairs,trajectory:trees")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny Llama only, 1 measured step, no trl+mmap")
+    p.add_argument("--quick", action="store_true", help="tiny Llama only, 1 measured step, no trl+mmap or pairs+heap")
     p.add_argument("--models", default="smollm2,tiny", help="comma-separated: smollm2, tiny")
     p.add_argument("--datasets", default="defacto,trajectory")
-    p.add_argument("--systems", default="trl,trl+mmap,unpacked,pairs,trees",
-                   help="trl+mmap: TRL with localpref's allocator setting (memory.return_freed_memory); DeFacto only")
+    p.add_argument("--systems", default="trl,trl+mmap,unpacked,pairs,pairs+heap,trees",
+                   help="trl+mmap: TRL with localpref's allocator setting (memory.return_freed_memory); "
+                        "pairs+heap: pairs without it (glibc's default); both DeFacto only")
     p.add_argument("--cases", default=None,
                    help="comma-separated DATASET:SYSTEM (e.g. defacto:trl,trajectory:trees); default: every "
                         "combination of --datasets and --systems")
@@ -57,17 +60,18 @@ def parse_args() -> argparse.Namespace:
     if args.quick and args.headline:
         p.error("--quick and --headline are two different runs: pick one")
     if args.quick:
-        args.models, args.steps, args.systems = "tiny", 1, args.systems.replace("trl+mmap,", "")
+        args.models, args.steps = "tiny", 1
+        args.systems = args.systems.replace("trl+mmap,", "").replace("pairs+heap,", "")
     if args.headline:
         args.models, args.steps, args.cases = "smollm2", 2, HEADLINE
     args.name = "throughput" + ("-quick" if args.quick else "-headline" if args.headline else "")
     if args.cases is not None:
         args.cases = [tuple(case.split(":")) for case in args.cases.split(",")]
         bad = [case for case in args.cases if len(case) != 2 or case[0] not in ("defacto", "trajectory")
-               or case[1] not in ("trl", "trl+mmap", "unpacked", "pairs", "trees")]
+               or case[1] not in ("trl", "trl+mmap", "unpacked", "pairs", "pairs+heap", "trees")]
         if bad:
             p.error(f"--cases takes DATASET:SYSTEM with DATASET defacto|trajectory and SYSTEM "
-                    f"trl|trl+mmap|unpacked|pairs|trees; got {bad}")
+                    f"trl|trl+mmap|unpacked|pairs|pairs+heap|trees; got {bad}")
         args.datasets = ",".join(sorted({data for data, _ in args.cases}))
         args.systems = ",".join(dict.fromkeys(system for _, system in args.cases))
     return args
@@ -78,7 +82,8 @@ def wanted(args, data: str, system: str) -> bool:
     if args.cases is not None:
         return (data, system) in args.cases
     # flat steers: trees is pairs; the allocator setting once (on DeFacto) is enough
-    return not ((system == "trees" and data != "trajectory") or (system == "trl+mmap" and data != "defacto"))
+    return not ((system == "trees" and data != "trajectory")
+                or (system in ("trl+mmap", "pairs+heap") and data != "defacto"))
 
 
 def run_worker(spec: dict, threads: int) -> dict:
@@ -170,7 +175,7 @@ def main() -> None:
     print(f"{len(cases)} cases: " + ", ".join(f"{m}/{d}/{s}" for m, d, _, s in cases), flush=True)
     results = []
     for model, data, path, system in cases:
-        spec = dict(system=system, layout=system, model=model, dataset=data, data=str(path), threads=args.threads,
+        spec = dict(system=system, layout=system.split("+")[0], model=model, dataset=data, data=str(path), threads=args.threads,
                     micro_batch_size=args.micro_batch_size, max_length=args.max_length,
                     steps=args.steps, warmup=args.warmup, **({"tiny": TINY} if model == "tiny" else {}))
         result = {**spec, **run_worker(spec, args.threads)}

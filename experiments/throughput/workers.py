@@ -69,13 +69,14 @@ def run_localpref(spec: dict[str, Any]) -> dict[str, Any]:
     model, tokenizer = _model(spec, lora=True)
     examples, _ = tokenize_steers(load_steers(spec["data"]), tokenizer, max_length=spec["max_length"], on_error="skip")
     loss_cfg = LossConfig()  # the localized loss: sigmoid, span masks, beta 0.1
-    return_freed_memory()  # as train() does on CPU
+    if not spec["system"].endswith("+heap"):  # pairs+heap: glibc's default allocator, to show the trade
+        return_freed_memory()  # as train() does on CPU
     policy = TokenScorer(model)
     reference = make_model_reference("adapter_disabled", policy)
     policy.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    order = epoch_order(examples, torch.Generator().manual_seed(0))
+    order = epoch_order(examples, torch.Generator().manual_seed(0), by_trajectory=True)  # every system: data.shuffle=trajectories
     layout, per_step = spec["layout"], spec["micro_batch_size"]
 
     start_rss = reset_peak_rss()
@@ -124,7 +125,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     # sequentially: every step holds the same pairs as localpref's step.
     examples = tokenize_steers(steers.values(), tokenizer, max_length=spec["max_length"], on_error="skip")[0]
     per_step, total = spec["micro_batch_size"], spec["warmup"] + spec["steps"]
-    order = epoch_order(examples, torch.Generator().manual_seed(0))
+    order = epoch_order(examples, torch.Generator().manual_seed(0), by_trajectory=True)  # every system: data.shuffle=trajectories
     rows = trl_rows([steers[examples[order[j % len(order)]].id] for j in range(per_step * total)], tokenizer)
 
     class Timer(TrainerCallback):
