@@ -4,10 +4,12 @@
     .venv/bin/python experiments/throughput/eval_cost.py --n 16 --train-steps 1   # a quick look
 
 Times ``localpref.evaluate.evaluate`` (eval_batch_size 8, reference = adapters disabled) on the
-first ``--n`` DeFacto val steers, twice per layout: the first evaluation of a run, and a later one
-(which reuses the reference's outputs kept by the first), and ``--train-steps`` training steps of
-4 DeFacto train pairs (policy forward + backward + reference forward, the loop's
-``micro_batch_loss``) in the same layout. Prints seconds per pair of each and their ratio.
+first ``--n`` DeFacto val steers, twice per layout: the first evaluation of a run (before
+training: the policy is still the reference, one forward serves both) and a later one (which
+reuses the reference's outputs kept by the first), and ``--train-steps`` training steps (after
+``--warmup`` untimed ones) of 4 DeFacto train pairs (policy forward + backward + reference
+forward, the loop's ``micro_batch_loss``) in the same layout. Prints seconds per pair of each and
+their ratio.
 
 The same script measures the code before this change: point PYTHONPATH at an export of the older
 commit (``git archive <commit> | tar -x -C /tmp/old``); it then calls the older ``evaluate``
@@ -33,6 +35,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100, help="held-out steers")
     p.add_argument("--layouts", default="unpacked,pairs")
     p.add_argument("--train-steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="training steps before timing starts (first-call costs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--defacto", type=Path, default=REPO.parent / "shared" / "data" / "defacto")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
@@ -65,7 +68,8 @@ def main() -> None:
     model, tokenizer = build_model(ModelConfig(source="smollm2"), PeftConfig(kind="lora"), seed=0)
     steers = import_defacto(args.defacto, None, splits=("train", "val"), on_error="skip")
     held, _ = tokenize_steers(steers["val"].steers[:args.n], tokenizer, max_length=1024)
-    train, _ = tokenize_steers(steers["train"].steers[:4 * args.train_steps], tokenizer, max_length=1024)
+    train, _ = tokenize_steers(steers["train"].steers[:4 * (args.warmup + args.train_steps)], tokenizer,
+                               max_length=1024)
     scorer = TokenScorer(model)
     reference = make_model_reference("adapter_disabled", scorer)
     device, pad = torch.device("cpu"), tokenizer.pad_token_id
@@ -84,13 +88,14 @@ def main() -> None:
             times.append(time.perf_counter() - begin)
         scorer.train()
         steps = []
-        for s in range(args.train_steps):
+        for s in range(args.warmup + args.train_steps):
             idx = list(range(4 * s, 4 * s + 4))
             begin = time.perf_counter()
             loss_sum, _ = micro_batch_loss(scorer, reference, collate(train, idx, pad, layout=layout), LossConfig())
             (loss_sum / 4).backward()
             model.zero_grad(set_to_none=True)
-            steps.append((time.perf_counter() - begin) / 4)
+            if s >= args.warmup:
+                steps.append((time.perf_counter() - begin) / 4)
         train_per_pair = statistics.median(steps)
         results[layout] = dict(eval_seconds=times, eval_per_pair=[x / len(held) for x in times],
                                train_step_per_pair=train_per_pair, metrics=metrics)
