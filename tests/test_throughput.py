@@ -22,7 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TOKENIZE
 @pytest.mark.slow
 def test_bench_quick_cases_run_and_packing_reads_fewer_tokens(tmp_path, defacto_dir):
     cases = "defacto:trl,trajectory:unpacked,trajectory:pairs,trajectory:trees"
-    proc = subprocess.run([sys.executable, str(HERE / "bench.py"), "--quick", "--cases", cases, "--threads", "1",
+    proc = subprocess.run([sys.executable, str(HERE / "bench.py"), "--quick", "--cases", cases, "--threads", "2",
                            "--defacto", str(defacto_dir), "--out", str(tmp_path)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -42,14 +42,14 @@ def test_bench_quick_cases_run_and_packing_reads_fewer_tokens(tmp_path, defacto_
 @pytest.mark.slow
 def test_eval_cost_runs_and_layouts_agree(tmp_path, defacto_dir):
     out = tmp_path / "eval_cost.json"
-    proc = subprocess.run([sys.executable, str(HERE / "eval_cost.py"), "--n", "4", "--train-steps", "1",
-                           "--threads", "1", "--defacto", str(defacto_dir), "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(HERE / "eval_cost.py"), "--n", "4", "--train-steps", "0",
+                           "--threads", "2", "--defacto", str(defacto_dir), "--out", str(out)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(out.read_text())
     assert set(got) == {"unpacked", "pairs"}
     for layout in got.values():
-        assert len(layout["eval_seconds"]) == 2 and layout["train_step_per_pair"] > 0
+        assert len(layout["eval_seconds"]) == 2 and min(layout["eval_seconds"]) > 0
     # Before training the policy is the reference: every margin ties, the KL is 0, in both layouts.
     for name, value in got["unpacked"]["metrics"].items():
         assert got["pairs"]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name

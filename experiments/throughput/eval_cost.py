@@ -2,6 +2,7 @@
 
     .venv/bin/python experiments/throughput/eval_cost.py                  # 100 DeFacto val steers
     .venv/bin/python experiments/throughput/eval_cost.py --n 16 --train-steps 1   # a quick look
+    .venv/bin/python experiments/throughput/eval_cost.py --n 4 --train-steps 0    # evaluation alone
 
 Times ``localpref.evaluate.evaluate`` (eval_batch_size 8, reference = adapters disabled) on the
 first ``--n`` DeFacto val steers, twice per layout: the first evaluation of a run (before
@@ -88,7 +89,7 @@ def main() -> None:
             times.append(time.perf_counter() - begin)
         scorer.train()
         steps = []
-        for s in range(args.warmup + args.train_steps):
+        for s in range(args.warmup + args.train_steps if args.train_steps else 0):  # 0: evaluation alone
             idx = list(range(4 * s, 4 * s + 4))
             begin = time.perf_counter()
             loss_sum, _ = micro_batch_loss(scorer, reference, collate(train, idx, pad, layout=layout), LossConfig())
@@ -96,12 +97,13 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
             if s >= args.warmup:
                 steps.append((time.perf_counter() - begin) / 4)
-        train_per_pair = statistics.median(steps)
+        train_per_pair = statistics.median(steps) if steps else None
         results[layout] = dict(eval_seconds=times, eval_per_pair=[x / len(held) for x in times],
                                train_step_per_pair=train_per_pair, metrics=metrics)
-        line = ", ".join(f"{x:.1f} s ({x / len(held):.2f} s/pair, {x / len(held) / train_per_pair:.2f} of a "
-                         f"training step per pair)" for x in times)
-        print(f"{layout}: evaluation of {len(held)} steers: {line}; training step {train_per_pair:.2f} s/pair")
+        line = ", ".join(f"{x:.1f} s ({x / len(held):.2f} s/pair" + (
+            f", {x / len(held) / train_per_pair:.2f} of a training step per pair)" if steps else ")") for x in times)
+        step = f"; training step {train_per_pair:.2f} s/pair" if steps else ""
+        print(f"{layout}: evaluation of {len(held)} steers: {line}{step}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 
