@@ -248,10 +248,11 @@ class ModelReference:
         False whenever that cannot be told cheaply (DoRA, sharded weights, other names)."""
         if policy is self.scorer:  # adapter_disabled: the adapters' contribution must be exactly 0
             for name, param in policy.model.named_parameters():
-                if not param.requires_grad or "lora_A" in name or "lora_embedding_A" in name:
-                    continue
-                if ("lora_B" not in name and "lora_embedding_B" not in name) or bool(param.any()):
-                    return False
+                if "lora_B" in name or "lora_embedding_B" in name:  # trainable or not (a loaded adapter)
+                    if bool(param.any()):
+                        return False
+                elif param.requires_grad and "lora_A" not in name and "lora_embedding_A" not in name:
+                    return False  # anything else that trains (DoRA magnitudes, modules_to_save)
             return True
         mine = dict(self.scorer.model.state_dict(keep_vars=True))
         theirs = dict(policy.model.state_dict(keep_vars=True))

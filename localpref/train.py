@@ -255,14 +255,15 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         return metrics
 
     before = (run_eval(0) if t.eval_before else {}) if state.step == 0 else _logged_eval(run_dir, step=0)
-    by_trajectory = (cfg.data.shuffle or ("trajectories" if cfg.data.layout == "trees" else "pairs")) == "trajectories"
+    shuffle = cfg.data.shuffle or ("trajectories" if cfg.data.layout == "trees" else "pairs")  # null: by layout
+    by_trajectory = shuffle == "trajectories"
     bar = progress("train", t.max_steps, "steps", done=state.step)
     policy.train()
     while state.step < t.max_steps:
         # 1. This step's global batch: a slice of this epoch's permutation (data.shuffle: pairs one
-        #    by one, or a trajectory's steers side by side); each process takes a contiguous share of it and cuts that into
-        #    micro-batches (grad_accum of them, or as data.tokens_per_micro_batch fills them) in
-        #    data.layout. The layout changes how pairs are laid out, never which pairs a step has.
+        #    by one, or a trajectory's steers side by side); each process takes a contiguous share
+        #    of it and cuts that into micro-batches (grad_accum of them, or as
+        #    data.tokens_per_micro_batch fills them) in data.layout. The layout changes how pairs are laid out, never which pairs a step has.
         if state.index + global_batch > len(train_set):
             state = TrainState(state.step, state.epoch + 1, 0)
         order = epoch_order(train_set, torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch),
