@@ -66,7 +66,8 @@ class DataConfig:
     on_error: str = "skip"  # bad steers: "raise" (stop with file/line/field) | "skip" (count and log)
     # How pairs become model inputs (localpref.packing): "unpacked" (a padded chosen row and rejected
     # row per pair) | "pairs" (one row per steer, shared tokens once) | "trees" (one row per
-    # trajectory, its steers' branches on the final text). Same pairs, same loss, same gradient.
+    # trajectory, its steers' branches on the final text). With the same data.shuffle: same pairs,
+    # same loss, same gradient.
     layout: str = "unpacked"
     # Packed layouts: micro-batches take whole rows, longest first, while rows x longest row stays
     # within this many tokens (trainer.micro_batch_size x grad_accum then only sets the pairs per
@@ -240,6 +241,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.tokens_per_micro_batch is not None:
         if cfg.data.layout == "unpacked":
             raise ValueError("data.tokens_per_micro_batch applies to data.layout=pairs|trees only")
+        if cfg.trainer.strategy == "fsdp":  # ranks would run different numbers of forwards: FSDP hangs
+            raise ValueError("data.tokens_per_micro_batch is not supported with trainer.strategy=fsdp "
+                             "(processes must run the same number of forwards); use micro_batch_size")
         if cfg.data.tokens_per_micro_batch < 1:
             raise ValueError(f"data.tokens_per_micro_batch={cfg.data.tokens_per_micro_batch} must be >= 1")
     if cfg.data.layout == "trees" and cfg.data.shuffle == "pairs":

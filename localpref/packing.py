@@ -194,8 +194,9 @@ def micro_batches(examples: Sequence, idx: Sequence[int], *, layout: str, micro_
     ``micro_batch_size`` consecutive pairs make one, as in the padded layout. With one, whole
     groups (``groups``; one longer than the budget is cut into consecutive parts that fit) are
     taken longest first, and a micro-batch takes rows while ``rows x longest row`` (the padded
-    size of its input) stays within the budget; a row longer than the budget is alone. Which pairs make a step never changes, only
-    how they are cut, so the step's gradient is the same (the loop divides by global counts).
+    size of its input) stays within the budget; a row longer than the budget is alone. Which
+    pairs make a step never changes, only how they are cut, so the step's gradient is the same
+    (the loop divides by global counts).
     """
     idx = list(idx)
     if layout == "unpacked" or tokens_per_micro_batch is None:

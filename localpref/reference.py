@@ -248,19 +248,21 @@ class ModelReference:
         False whenever that cannot be told cheaply (DoRA, sharded weights, other names)."""
         if policy is self.scorer:  # adapter_disabled: the adapters' contribution must be exactly 0
             for name, param in policy.model.named_parameters():
+                if any(k in name for k in ("lora_magnitude_vector", "modules_to_save", "trainable_tokens")):
+                    return False  # DoRA, saved modules, trainable tokens: not an exact zero, trained or not
                 if "lora_B" in name or "lora_embedding_B" in name:  # trainable or not (a loaded adapter)
                     if bool(param.any()):
                         return False
                 elif param.requires_grad and "lora_A" not in name and "lora_embedding_A" not in name:
                     return False  # anything else that trains (DoRA magnitudes, modules_to_save)
             return True
-        mine = dict(self.scorer.model.state_dict(keep_vars=True))
-        theirs = dict(policy.model.state_dict(keep_vars=True))
-        if mine.keys() != theirs.keys() or (self.scorer.precision, self.scorer.span_only) != (
-                policy.precision, policy.span_only):
-            return False
-        return all(type(a.data) is torch.Tensor and type(b.data) is torch.Tensor and a.dtype == b.dtype
-                   and torch.equal(a.data, b.data.to(a.device)) for a, b in ((mine[k], theirs[k]) for k in mine))
+        mine = {**dict(self.scorer.model.named_parameters()), **dict(self.scorer.model.named_buffers())}
+        theirs = {**dict(policy.model.named_parameters()), **dict(policy.model.named_buffers())}
+        if mine.keys() != theirs.keys() or _computation(self.scorer) != _computation(policy):
+            return False  # other config, attention, dtypes, precision or lm_head path
+        return all(type(a.data) is torch.Tensor and type(b.data) is torch.Tensor and a.device == b.device
+                   and a.dtype == b.dtype and torch.equal(a.data, b.data)
+                   for a, b in ((mine[k], theirs[k]) for k in mine))
 
     @torch.no_grad()
     def project(self, rows: Tensor) -> Tensor:

@@ -263,7 +263,8 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         # 1. This step's global batch: a slice of this epoch's permutation (data.shuffle: pairs one
         #    by one, or a trajectory's steers side by side); each process takes a contiguous share
         #    of it and cuts that into micro-batches (grad_accum of them, or as
-        #    data.tokens_per_micro_batch fills them) in data.layout. The layout changes how pairs are laid out, never which pairs a step has.
+        #    data.tokens_per_micro_batch fills them) in data.layout. The layout changes how pairs
+        #    are laid out, never which pairs a step has.
         if state.index + global_batch > len(train_set):
             state = TrainState(state.step, state.epoch + 1, 0)
         order = epoch_order(train_set, torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch),

@@ -76,7 +76,7 @@ def run_localpref(spec: dict[str, Any]) -> dict[str, Any]:
     policy.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    order = epoch_order(examples, torch.Generator().manual_seed(0), by_trajectory=True)  # every system: data.shuffle=trajectories
+    order = epoch_order(examples, torch.Generator().manual_seed(0), by_trajectory=True)  # data.shuffle=trajectories
     layout, per_step = spec["layout"], spec["micro_batch_size"]
 
     start_rss = reset_peak_rss()
@@ -125,7 +125,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     # sequentially: every step holds the same pairs as localpref's step.
     examples = tokenize_steers(steers.values(), tokenizer, max_length=spec["max_length"], on_error="skip")[0]
     per_step, total = spec["micro_batch_size"], spec["warmup"] + spec["steps"]
-    order = epoch_order(examples, torch.Generator().manual_seed(0), by_trajectory=True)  # every system: data.shuffle=trajectories
+    order = epoch_order(examples, torch.Generator().manual_seed(0), by_trajectory=True)  # data.shuffle=trajectories
     rows = trl_rows([steers[examples[order[j % len(order)]].id] for j in range(per_step * total)], tokenizer)
 
     class Timer(TrainerCallback):
@@ -147,7 +147,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         args = DPOConfig(output_dir=out, per_device_train_batch_size=per_step, gradient_accumulation_steps=1,
                          max_steps=total, learning_rate=1e-4, lr_scheduler_type="constant", beta=0.1,
                          max_length=spec["max_length"], max_grad_norm=1.0, logging_steps=10**6,
-                         save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+                         save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,  # localpref runs on CPU here too
                          dataloader_num_workers=0, seed=0, bf16=False, train_sampling_strategy="sequential")
         lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
                           target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
