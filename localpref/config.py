@@ -20,6 +20,7 @@ Which group configures what:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -201,9 +202,12 @@ _CHOICES = {
 }
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, families: Sequence[str] | None = None) -> None:
     """Checks a composed config can run, before any model or data is loaded.
 
+    ``families``: the task family names (``localpref.tasks.family_names()``) that ``model.family``
+    and ``steer_eval.family`` must be among. This module knows no task family, so the caller
+    passes them; without them only that ``model=tiny_task`` names a family is checked.
     Raises ValueError / FileNotFoundError naming the offending key.
     """
     for key, allowed in _CHOICES.items():
@@ -217,14 +221,12 @@ def validate(cfg: TrainConfig) -> None:
         from localpref.models import check_model_folder
 
         check_model_folder(cfg.model.path)
-    if cfg.model.source == "tiny_task" or cfg.steer_eval.family is not None:
-        from localpref.tasks import family_names
-
-        for key, value in (("model.family", cfg.model.family if cfg.model.source == "tiny_task" else None),
-                           ("steer_eval.family", cfg.steer_eval.family)):
-            if value is not None and value not in family_names() or key == "model.family" and (
-                    cfg.model.source == "tiny_task" and value is None):
-                raise ValueError(f"{key}={value!r} is not one of {', '.join(family_names())}")
+    if cfg.model.source == "tiny_task" and cfg.model.family is None:
+        raise ValueError("model=tiny_task needs model.family" + (f" (one of {', '.join(families)})" if families else ""))
+    for key, value in (("model.family", cfg.model.family if cfg.model.source == "tiny_task" else None),
+                       ("steer_eval.family", cfg.steer_eval.family)):
+        if families is not None and value is not None and value not in families:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(families)}")
     if cfg.data.source in ("jsonl", "defacto", "collected"):
         if cfg.data.path is None:
             raise ValueError(f"data={cfg.data.source} needs data.path")

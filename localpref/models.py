@@ -141,13 +141,15 @@ def disable_dropout(model) -> None:
                 setattr(module, name, 0.0)
 
 
-def build_model(model_cfg, peft_cfg, *, seed: int):
+def build_model(model_cfg, peft_cfg, *, seed: int, folder: str | os.PathLike | None = None):
     """(model, tokenizer) from the ``model`` and ``peft`` config groups (see localpref.config).
 
     ``tiny``: random init seeded by ``seed`` (so a resumed run rebuilds the same frozen weights);
     ``smollm2``: the converted SmolLM2-135M-Instruct folder; ``local``: ``model.path``;
-    ``tiny_task``: the pretrained tiny model of task family ``model.family`` (built on first use).
-    ``trust_remote_code`` is passed through and is False unless configured.
+    ``tiny_task``: the pretrained tiny model of task family ``model.family``, in ``folder``, which
+    the caller asks ``localpref.tasks.pretrain.model_folder(model_cfg)`` for (built on first use):
+    this module knows no task family. ``trust_remote_code`` is passed through and is False unless
+    configured.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,9 +165,9 @@ def build_model(model_cfg, peft_cfg, *, seed: int):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         if model_cfg.source == "tiny_task":
-            from localpref.tasks.pretrain import task_model_dir
-
-            folder = task_model_dir(model_cfg.family)
+            if folder is None:
+                raise ValueError(f"model=tiny_task: pass folder=localpref.tasks.pretrain.model_folder(model_cfg) "
+                                 f"(the tiny task model of family {model_cfg.family!r})")
         else:
             folder = smollm2_dir() if model_cfg.source == "smollm2" else check_model_folder(model_cfg.path)
         tok_src = model_cfg.tokenizer or folder

@@ -74,6 +74,13 @@ def task_model_dir(family: str, spec: TinySpec | None = None, *, build: bool = T
     return out
 
 
+def model_folder(model_cfg) -> Path | None:
+    """``localpref.models.build_model``'s ``folder`` for the ``model`` config group: the tiny task
+    model of ``model.family`` when ``model.source`` is ``tiny_task`` (built on first use), else None
+    (the other sources name their weights themselves)."""
+    return task_model_dir(model_cfg.family) if model_cfg.source == "tiny_task" else None
+
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
