@@ -8,6 +8,7 @@ trajectory (one step per correction) to the output file, in the form ``load_stee
     session.py   one trajectory being steered (a ``TurnWriter`` and its steps); no HTTP
     review.py    the output file: preparing it, the review view (spans as ``data inspect``), deleting
     app.py       the FastAPI app: routes, limits, same-origin checks, streaming
+    listen.py    the listening socket (rebinds at once after a kill), loopback and Host checks
     static/      the page: plain HTML, CSS and JavaScript (no build step); it renders every text
                  a model or a person wrote as text (``textContent``), never as HTML
 """
