@@ -24,12 +24,13 @@ from localpref.data.load import load_steers  # noqa: E402
 from localpref.data.tokenize import render_prompt, tokenize_steer  # noqa: E402
 from localpref.generation import TurnWriter  # noqa: E402
 from localpref.page.app import Served, create_app  # noqa: E402
+from localpref.page.listen import allowed_hosts  # noqa: E402
 from localpref.page.session import Sampling  # noqa: E402
 from localpref.steer_cli import load_generation_model  # noqa: E402
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name four fruits."}]
 MAX_NEW = 12
-HOSTS = ["127.0.0.1", "localhost"]
+HOSTS = allowed_hosts("127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,18 @@ def test_bad_requests_get_4xx_with_a_clear_message(client):
     check(post("/api/sessions", json={"prompt": "x" * 20_001}), 422, "at most 20000 characters")
     check(post("/api/sessions", json={"prompt": PROMPT, "out": "/etc/passwd"}), 422, "out: Extra inputs")
     check(post("/api/sessions", content=b"{not json", headers={"content-type": "application/json"}), 422,
-          "JSON decode error")
+          "request body: invalid JSON at line 1, column 2: Expecting property name")
+    check(post("/api/sessions", content=b'{"prompt": "hi",\n "seed": 1,}', headers={"content-type": "application/json"}),
+          422, "request body: invalid JSON at line 2, column 12")  # as json.loads counts
+    for field, value in (("temperature", b"NaN"), ("top_p", b"NaN")):  # Python's JSON reads NaN; it is no number
+        check(post("/api/sessions", content=b'{"prompt": "hi", "%s": %s}' % (field.encode(), value),
+                   headers={"content-type": "application/json"}), 422, f"{field}: NaN is not a number")
+    check(post("/api/sessions", content=b'{"prompt": "hi", "temperature": Infinity}',
+               headers={"content-type": "application/json"}), 422, "temperature: inf is not a finite number")
+    check(post("/api/sessions", json={"prompt": [{"role": "system", "content": "Be brief."}]}), 422,
+          "prompt: the prompt has no user message")
+    check(post("/api/sessions", json={"prompt": [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": " "}]}), 422, "no user message")
     check(post("/api/sessions", content=json.dumps({"prompt": PROMPT}), headers={"content-type": "text/plain"}),
           415, "send JSON")
     check(post("/api/sessions/abcdefghijk/generate", json={}), 404, "unknown or expired")
@@ -234,6 +246,22 @@ def test_bodies_are_bounded_and_requests_must_come_from_the_page(client):
     assert same.status_code == 200
     rebound = client.get("/api/info", headers={"host": "attacker.example"})  # DNS rebinding
     assert rebound.status_code == 400
+
+
+def test_serving_on_ipv6_loopback_checks_the_host_header(served, tmp_path):
+    app = create_app(served, tmp_path / "steers.jsonl", allowed_hosts=allowed_hosts("::1"))
+    client = TestClient(app, base_url="http://[::1]:8765")  # the Host header a browser sends for ::1
+    assert client.get("/api/info").status_code == 200
+    same = client.post("/api/sessions", json={"prompt": PROMPT}, headers={"origin": "http://[::1]:8765"})
+    assert same.status_code == 200, same.text
+    assert client.get("/api/info", headers={"host": "attacker.example"}).status_code == 400  # DNS rebinding
+
+
+@pytest.mark.parametrize("setting, message", [({"temperature": float("nan")}, "temperature must be a number"),
+                                              ({"top_p": float("nan")}, "top_p must be a number")])
+def test_server_defaults_that_are_not_numbers_are_refused(served, tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        create_app(served, tmp_path / "steers.jsonl", defaults=Sampling(**setting))
 
 
 def test_review_lists_what_was_saved_and_deletes_it(client, served):

@@ -37,7 +37,8 @@ Policy (documented outcomes, each a ``SteerError`` reason):
 * ``non_string_content``: a chat message whose content is not a string (e.g. multimodal parts);
   ``unknown_role``; ``empty_prompt``: an empty or whitespace-only prompt or message list;
   ``assistant_last``: chat prompts end with a non-assistant message (accepted assistant text goes
-  in ``prefix``);
+  in ``prefix``); ``no_user_message``: a chat prompt needs a user message with text (a system
+  message alone is not a prompt);
 * ``identical_continuations``: rejected and corrected are the same text with the same end-of-turn
   flags; ``empty_continuation``: an empty continuation that does not end the turn (nothing to score).
   Token-level problems (identical after tokenization, span longer than ``max_length``) are found by
@@ -176,7 +177,8 @@ def _check_keys(rec: Mapping, allowed: tuple[str, ...], where: str = "") -> None
 
 
 def validate_prompt(prompt: Any, field: str = "prompt") -> str | list[dict[str, str]]:
-    """Check a prompt (a non-empty string, or chat messages ending with a non-assistant turn)."""
+    """Check a prompt (a non-empty string, or chat messages with a user message, ending with a
+    non-assistant turn)."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise SteerError("empty_prompt", "the prompt is empty", field=field)
@@ -208,6 +210,9 @@ def validate_prompt(prompt: Any, field: str = "prompt") -> str | list[dict[str, 
     if messages[-1]["role"] == "assistant":
         raise SteerError("assistant_last", "the prompt ends with an assistant message; put accepted "
                          "assistant text in 'prefix'", field=f"{field}[{len(messages) - 1}].role")
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        raise SteerError("no_user_message", "the prompt has no user message with text (a system message "
+                         "alone is not a prompt)", field=field)
     return messages
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
@@ -85,8 +86,8 @@ Prompt = Union[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)],
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: Prompt
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2, allow_inf_nan=False)  # JSON parsing lets NaN in
+    top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
     seed: Optional[int] = Field(None, ge=0, le=2**31 - 1)
     max_new_tokens: Optional[int] = Field(None, ge=1)  # at most the server's --max-new-tokens
 
@@ -176,10 +177,30 @@ async def _page_error(request: Any, e: PageError) -> JSONResponse:
 
 
 async def _invalid(request: Any, e: RequestValidationError) -> JSONResponse:
-    """422 with one readable line per problem: ``temperature: Input should be ...``."""
+    """422 with one readable line per problem: ``temperature: Input should be ...``; a body that is
+    not JSON: ``request body: invalid JSON at line 1, column 17: Expecting ',' delimiter``."""
     where = lambda loc: ".".join(str(x) for x in loc if x not in ("body", "path")) or "body"  # noqa: E731
-    return JSONResponse({"detail": "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())},
-                        status_code=422)
+    problems = []
+    for err in e.errors():
+        if err["type"] == "json_invalid":  # loc: ("body", character offset)
+            problems.append(f"request body: invalid JSON at {await _position(request, err['loc'][-1])}: "
+                            f"{err.get('ctx', {}).get('error', err['msg'])}")
+        elif err["type"] == "finite_number":  # NaN and Infinity are JSON to Python, not numbers to sample with
+            what = "NaN is not a number" if math.isnan(err["input"]) else f"{err['input']} is not a finite number"
+            problems.append(f"{where(err['loc'])}: {what}")
+        else:
+            problems.append(f"{where(err['loc'])}: {err['msg']}")
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+async def _position(request: Any, offset: Any) -> str:
+    """``line L, column C`` of character ``offset`` in the request body (``character N`` if unreadable)."""
+    try:
+        text = (await request.body()).decode("utf-8", "replace")[:int(offset)]
+    except Exception:  # the body is gone: the offset is all there is
+        return f"character {offset}"
+    line, column = text.count("\n") + 1, len(text) - text.rfind("\n")  # both 1-based
+    return f"line {line}, column {column}"
 
 
 def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = None, span: str = "hunk",
@@ -194,6 +215,10 @@ def create_app(served: Served, out: str | Path, *, defaults: Sampling | None = N
     out, defaults = Path(out), defaults or Sampling()
     if not 1 <= defaults.max_new_tokens <= MAX_NEW_TOKENS_CAP:
         raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_CAP}, got {defaults.max_new_tokens}")
+    if not (math.isfinite(defaults.temperature) and defaults.temperature >= 0):  # NaN passes `< 0` checks
+        raise ValueError(f"temperature must be a number >= 0, got {defaults.temperature}")
+    if not (math.isfinite(defaults.top_p) and 0 < defaults.top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1], got {defaults.top_p}")
     warning = prepare_output(out)
     app = FastAPI(title="localpref steer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.warnings = [warning] if warning else []
