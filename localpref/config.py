@@ -156,7 +156,8 @@ class SteerEvalConfig:
     split: str = "val"  # prompts: "val" while tuning, "heldout" for reported results
     n: Optional[int] = 50  # prompts (None: all of the split, for a family with a fixed pool)
     budget: int = 4  # steers allowed per prompt
-    max_new_tokens: int = 128  # per generation pass
+    max_new_tokens: int = 128  # per generation pass; a pass that runs out goes on (see the next key)
+    max_task_tokens: Optional[int] = None  # tokens per prompt over all passes (None: 4 x max_new_tokens)
     task_seed: int = 0  # which prompts of the split (their order)
     before: bool = True  # also evaluate before training (step 0); off to save time in sweeps
     out: Optional[str] = None  # write the final evaluation's trajectories here (None: run_dir/steer_eval.jsonl)
@@ -222,7 +223,8 @@ def validate(cfg: TrainConfig, families: Sequence[str] | None = None) -> None:
 
         check_model_folder(cfg.model.path)
     if cfg.model.source == "tiny_task" and cfg.model.family is None:
-        raise ValueError("model=tiny_task needs model.family" + (f" (one of {', '.join(families)})" if families else ""))
+        known = f" (one of {', '.join(families)})" if families else ""
+        raise ValueError(f"model=tiny_task needs model.family{known}")
     for key, value in (("model.family", cfg.model.family if cfg.model.source == "tiny_task" else None),
                        ("steer_eval.family", cfg.steer_eval.family)):
         if families is not None and value is not None and value not in families:

@@ -129,6 +129,26 @@ def test_invalid_values_are_errors(override, message):
         validate(cfg)
 
 
+def test_task_families_are_checked_against_the_names_the_caller_passes():
+    # config.py knows no task family (STYLE.md: ground floors): the names come from localpref.tasks
+    from localpref.models import build_model
+    from localpref.tasks import family_names
+
+    cfg = OmegaConf.to_object(_compose(["model=tiny_task", "model.family=nope"]))
+    with pytest.raises(ValueError, match="model.family='nope' is not one of arith, lists"):
+        validate(cfg, families=family_names())
+    validate(cfg)  # without the names, only that a family is named
+    cfg.model.family = None
+    with pytest.raises(ValueError, match="model=tiny_task needs model.family"):
+        validate(cfg)
+    cfg = OmegaConf.to_object(_compose(["steer_eval.family=nope"]))
+    with pytest.raises(ValueError, match="steer_eval.family='nope' is not one of"):
+        validate(cfg, families=family_names())
+    cfg = OmegaConf.to_object(_compose(["model=tiny_task", "model.family=lists"]))
+    with pytest.raises(ValueError, match=r"pass folder=localpref.tasks.pretrain.model_folder\(model_cfg\)"):
+        build_model(cfg.model, cfg.peft, seed=0)  # no folder: models.py cannot build a task model itself
+
+
 def test_wrong_type_is_an_error():
     with pytest.raises(ConfigCompositionException):
         _compose(["trainer.max_steps=many"])
