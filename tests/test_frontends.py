@@ -298,6 +298,64 @@ def test_from_tool_command_refuses_to_overwrite_a_save_file(tmp_path, capsys):
     assert main(["data", "from-tool", "loom", str(tmp_path / "missing.json"), str(tmp_path / "o.jsonl")]) == 2
 
 
+PAGE_RECORD = {"prompt": [{"role": "user", "content": "Name four fruits."}],
+               "steps": [{"accepted": "Apple, ", "rejected": "pear", "corrected": "kiwi"}, {"accepted": "."}]}
+
+
+def test_from_tool_replaces_a_steer_file_only_with_force(tmp_path, capsys):
+    out = tmp_path / "steers.jsonl"  # three trajectories from the steering page
+    out.write_text("".join(json.dumps({**PAGE_RECORD, "id": f"page-{k}"}) + "\n" for k in range(3)))
+    before = out.read_bytes()
+    assert main(["data", "from-tool", "loom", str(LOOM), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds 3 record(s); refusing to replace it" in err and "--force" in err
+    assert out.read_bytes() == before
+    assert main(["data", "from-tool", "loom", str(LOOM), str(out), "--force"]) == 0
+    assert len(load_steers(out)) == 5 and not list(tmp_path.glob(".*.tmp"))  # replaced, no temporary left
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # nothing to lose
+    assert main(["data", "from-tool", "loom", str(LOOM), str(empty)]) == 0
+
+
+def test_from_tool_never_writes_over_a_save_file_even_with_force(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"  # `from-tool mikupad *.json`: the output forgotten
+    a.write_bytes(MIKUPAD.read_bytes())
+    b.write_bytes(MIKUPAD.read_bytes())  # one JSON line with a "prompt" key, yet no steer
+    for force in ([], ["--force"]):
+        assert main(["data", "from-tool", "mikupad", str(a), str(b), *force]) == 2
+        assert "is not a steer JSONL file; refusing to overwrite it" in capsys.readouterr().err
+        assert b.read_bytes() == MIKUPAD.read_bytes()
+    chats = tmp_path / "chats"  # the output inside a folder being read, with the tool's extension
+    chats.mkdir()
+    (chats / "chat.jsonl").write_bytes(ST_CHAT.read_bytes())
+    steers = chats / "steers.jsonl"
+    steers.write_text(json.dumps({**PAGE_RECORD, "id": "page-0"}) + "\n")
+    before = steers.read_bytes()
+    assert main(["data", "from-tool", "sillytavern", str(chats), str(steers), "--force"]) == 2
+    assert "is one of the files being read; refusing to write over it" in capsys.readouterr().err
+    assert steers.read_bytes() == before
+
+
+def test_from_tool_says_when_no_save_file_was_found(tmp_path, capsys):
+    folder = tmp_path / "logs"
+    (folder / "backups").mkdir(parents=True)
+    (folder / "notes.txt").write_text("no session here\n")
+    (folder / "backups" / "old.json").write_bytes(MIKUPAD.read_bytes())  # backups are skipped
+    out = tmp_path / "steers.jsonl"
+    assert main(["data", "from-tool", "mikupad", str(folder), str(out)]) == 2
+    assert f"error: no mikupad save files (*.json) in {folder}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("other", [LOOM, next(TGWUI.rglob("*.json"))])
+def test_mikupad_names_another_tools_file(other):
+    with pytest.raises(SteerError, match=rf"{other.name} field 'prompt': missing required field 'prompt' "
+                                         rf"\(not a session exported from mikupad\?\)"):
+        import_tool("mikupad", [other], None)
+    res = import_tool("mikupad", [other], None, on_error="skip")
+    assert res.records == [] and dict(res.skipped) == {"missing_field": 1}
+
+
 def test_edit_base_tells_edits_from_regenerations():
     model = "The road passes the old salt mines, where you can rest."
     assert edit_base([model], "The road passes the old copper mines, where you can rest.") == 0

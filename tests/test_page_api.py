@@ -199,8 +199,9 @@ def test_bad_requests_get_4xx_with_a_clear_message(client):
     check(post("/api/sessions", json={"prompt": PROMPT, "out": "/etc/passwd"}), 422, "out: Extra inputs")
     check(post("/api/sessions", content=b"{not json", headers={"content-type": "application/json"}), 422,
           "request body: invalid JSON at line 1, column 2: Expecting property name")
-    check(post("/api/sessions", content=b'{"prompt": "hi",\n "seed": 1,}', headers={"content-type": "application/json"}),
-          422, "request body: invalid JSON at line 2, column 12")  # as json.loads counts
+    check(post("/api/sessions", content=b'{"prompt": "hi",\n "seed": 1,}',
+               headers={"content-type": "application/json"}), 422,
+          "request body: invalid JSON at line 2, column 12")  # as json.loads counts
     for field, value in (("temperature", b"NaN"), ("top_p", b"NaN")):  # Python's JSON reads NaN; it is no number
         check(post("/api/sessions", content=b'{"prompt": "hi", "%s": %s}' % (field.encode(), value),
                    headers={"content-type": "application/json"}), 422, f"{field}: NaN is not a number")

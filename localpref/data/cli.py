@@ -1,7 +1,8 @@
 """``localpref data ...``: importers that write steer JSONL, built-in examples, and inspect.
 
 Every subcommand returns an exit code: 0 on success, 1 when the input has an error under
-``--on-error raise`` (the message names file, line and field), 2 for an unusable option.
+``--on-error raise`` (the message names file, line and field), 2 for an unusable option or path
+(an input that does not exist or holds nothing to read, an output that would lose data).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from localpref.data.errors import SteerError
+from localpref.data.load import is_steer_file_or_absent
 
 
 def _default_defacto_dir() -> str:
@@ -70,23 +72,29 @@ def _from_defacto(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_steer_file_or_absent(path: str) -> bool:
-    """True when ``path`` is absent, empty, or starts with a steer (or trajectory) record."""
-    if not Path(path).is_file():
-        return not Path(path).exists()
-    with open(path, "rb") as f:
-        first = f.readline(1 << 20).strip()
-    if not first:
-        return True
-    try:
-        return "prompt" in json.loads(first)
-    except (ValueError, TypeError):
-        return False
+def _output_refusal(output: Path, inputs: list[Path], *, force: bool) -> str | None:
+    """Why ``output`` must not be written (None: it may be). An existing steer file is replaced only
+    with ``force``; an input, or a file that is not a steer file, never."""
+    if output.is_dir():
+        return f"{output} is a folder; the last path is the steer JSONL file to write"
+    if not output.exists() or output.stat().st_size == 0:
+        return None
+    if any(f.exists() and os.path.samefile(output, f) for f in inputs):
+        return f"{output} is one of the files being read; refusing to write over it (the last path is the output)"
+    if not is_steer_file_or_absent(output):
+        return (f"{output} exists and is not a steer JSONL file; refusing to overwrite it (the last path is the "
+                f"output: is it one of your save files?)")
+    if not force:
+        with open(output, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+        return (f"{output} already holds {lines} record(s); refusing to replace it: give another output file, "
+                f"or pass --force to replace it")
+    return None
 
 
 @_guard
 def _from_tool(args: argparse.Namespace) -> int:
-    from localpref.data.frontends import import_tool
+    from localpref.data.frontends import TOOLS, expand_inputs, import_tool
 
     *inputs, output = args.paths
     if not inputs:
@@ -96,11 +104,17 @@ def _from_tool(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: {missing[0]} does not exist", file=sys.stderr)
         return 2
-    if not _is_steer_file_or_absent(output):
-        print(f"error: {output} exists and is not a steer JSONL file; refusing to overwrite it (the last "
-              f"path is the output: is it one of your save files?)", file=sys.stderr)
+    extensions = TOOLS[args.tool].EXTENSIONS
+    files = expand_inputs(inputs, extensions)
+    if not files:
+        print(f"error: no {args.tool} save files ({', '.join('*' + e for e in extensions)}) in {', '.join(inputs)}"
+              f" ('backups' folders are skipped); nothing was written", file=sys.stderr)
         return 2
-    res = import_tool(args.tool, inputs, output, partial=args.partial, hunks=args.hunks, system=args.system,
+    refusal = _output_refusal(Path(output), files, force=args.force)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    res = import_tool(args.tool, files, output, partial=args.partial, hunks=args.hunks, system=args.system,
                       on_error=args.on_error)
     _report(f"wrote {len(res.records)} records ({len(res.steers)} steers) to {output}", res.summary())
     for note in res.notes:
@@ -157,7 +171,10 @@ def _add_from_tool(sub: Any) -> None:
                         "the More Flexible Continues extension), loom (tree *.json), mikupad (exported session *.json)")
     p.add_argument("paths", nargs="+", metavar="IN ... OUT",
                    help="save files or folders (searched recursively, 'backups' folders skipped), then the "
-                        "steer JSONL to write")
+                        "steer JSONL to write (a new file, unless --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT when it already holds steers (never an input, nor a file that is not "
+                        "steer JSONL)")
     p.add_argument("--partial", action="store_true",
                    help="chat replies may stop mid-answer: never end the assistant turn (default: a saved "
                         "reply is a whole answer; Loom and mikupad texts never end a turn)")

@@ -373,6 +373,32 @@ def load_steers(source: Any, *, on_error: OnError = "raise", max_line_bytes: int
     return out
 
 
+def is_steer_file_or_absent(path: str | os.PathLike) -> bool:
+    """True when ``path`` is absent, empty, or its first non-blank line is a steer or trajectory
+    record: a JSON object with ``prompt`` and either ``steps`` or ``rejected`` and ``corrected``.
+
+    What commands check before they append to or replace an output file, so that a save file of
+    another tool named as the output by mistake (a mikupad session also has a ``prompt``) is never
+    written over. The record itself is not validated: a steer file whose first record is bad is
+    still a steer file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return not path.exists()
+    with open(path, "rb") as f:
+        first = b""
+        while not first and (line := f.readline(1 << 20)):
+            first = line.strip()
+    if not first:
+        return True
+    try:
+        record = json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and "prompt" in record and (
+        "steps" in record or ("rejected" in record and "corrected" in record))
+
+
 def write_steers(steers: Iterable[Steer], path: str | os.PathLike) -> int:
     """Write steers as JSONL (UTF-8, one record per line); returns how many were written."""
     path = Path(path)

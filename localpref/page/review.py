@@ -22,7 +22,7 @@ from typing import Any
 
 from localpref.data.errors import SkipCounter, SteerError
 from localpref.data.inspect import side_pieces, span_listing
-from localpref.data.load import iter_jsonl, steers_from_record
+from localpref.data.load import is_steer_file_or_absent, iter_jsonl, steers_from_record
 from localpref.data.schema import Steer
 from localpref.data.tokenize import tokenize_steer
 from localpref.page.session import PageError
@@ -33,12 +33,11 @@ def prepare_output(path: Path) -> str | None:
 
     A torn last line (a server killed mid-write) is cut so that appending stays line-aligned.
     """
-    from localpref.data.cli import _is_steer_file_or_absent
     from localpref.steering import _drop_torn_tail
 
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give a .jsonl file")
-    if not _is_steer_file_or_absent(str(path)):
+    if not is_steer_file_or_absent(path):
         raise ValueError(f"--out {path} exists and is not a steer JSONL file; refusing to append to it")
     path.parent.mkdir(parents=True, exist_ok=True)
     size = path.stat().st_size if path.exists() else 0

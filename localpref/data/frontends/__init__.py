@@ -100,14 +100,24 @@ def import_tool(tool: str, inputs: Iterable[str | os.PathLike], out_path: str | 
 
 
 def write_records(records: Iterable[dict], path: str | os.PathLike) -> int:
-    """Write steer and trajectory records as JSONL (UTF-8); returns how many were written."""
+    """Write steer and trajectory records as JSONL (UTF-8); returns how many were written.
+
+    Through a temporary file renamed into place, so a run that fails midway leaves ``path`` as it
+    was. Whether ``path`` may be replaced at all is the caller's to decide (``data from-tool``
+    refuses an existing steer file unless ``--force``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            n += 1
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n
 
 

@@ -48,6 +48,9 @@ REFUSAL = ("mikupad does not keep the text a typed chunk replaced (onInput disca
 def read(path: str | Path, ctx: FileContext) -> None:
     unused(ctx.result.counts, "sessions", "chunks", "generated_chunks", "swapped_tokens", "typed_after_generation")
     data = need(read_json_file(path), dict, "(file)")
+    if "prompt" not in data:  # another tool's file, or not a save file at all
+        raise SteerError("missing_field", "missing required field 'prompt' (not a session exported from mikupad?)",
+                         field="prompt")
     chunks = need(_decoded(data, "prompt"), list, "prompt")
     name = _decoded(data, "name") if "name" in data else Path(path).stem
     ctx.count("sessions")
