@@ -27,9 +27,10 @@ from omegaconf import OmegaConf
 from localpref.log import read_metrics
 from localpref.train import CONF_DIR, train
 
-STEER = [("eval/steer/pass_rate", "pass rate without steers"),
-         ("eval/steer/steers_per_verified", "steers needed per verified output"),
-         ("eval/steer/verified_within_budget", "verified within the budget")]
+STEER = [("eval/steer/steers_to_verify", "steers to verify"),
+         ("eval/steer/pass_rate", "pass rate without steers"),
+         ("eval/steer/verified_within_budget", "verified within the budget"),
+         ("eval/steer/steers_per_verified", "steers per verified output (drops tasks)")]
 SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) > log p(rejected)"),
          ("eval/span/reward_accuracy", "reward accuracy: policy margin > reference's (tie: 1/2)"),
          ("eval/span/nll", "NLL per token of the corrected span"),
@@ -51,7 +52,8 @@ def collect(cfg, run_dir: Path) -> dict[str, Path]:
         paths[split] = run_dir / "collect" / f"{split}.jsonl"
         records = run_tasks(model, tokenizer, family, family.tasks(split, n=settings["n"]), out=paths[split],
                             budget=settings["budget"], temperature=settings["temperature"], seed=cfg.seed,
-                            max_new_tokens=cfg.steer_eval.max_new_tokens, progress_label=f"collect {split}")
+                            max_new_tokens=cfg.steer_eval.max_new_tokens,
+                            max_task_tokens=cfg.steer_eval.max_task_tokens, progress_label=f"collect {split}")
         steers = sum(r["meta"]["steers"] for r in records)
         print(f"collected {steers} steers on {len(records)} {split} prompts -> {paths[split]}")
     return paths
@@ -82,6 +84,9 @@ def run_demo(overrides: list[str]) -> int:
     for key, text in STEER:
         if key in after:
             print(f"  {text:<40} {_with_ci(before, key)} -> {_with_ci(after, key)}")
+    print(f"  (steers to verify: steers spent per prompt, {cfg.steer_eval.budget + 1} for a prompt not verified "
+          f"within {cfg.steer_eval.budget}; {int(after.get('eval/steer/token_capped', 0))} prompts ended on the "
+          f"token cap)")
     print(f"\nheld-out preference metrics on {counts['data/eval_pairs']} steers, before -> after training:")
     for key, text in SHOWN:
         if key in after:
@@ -110,7 +115,7 @@ def plot_run(rows: list[dict], path: Path) -> Path:
     ax_loss.plot([r["step"] for r in train_rows], [r["train/loss"] for r in train_rows])
     ax_loss.set(title="train loss", xlabel="step")
     for ax, keys, labels, title in (
-            (ax_steer, [k for k, _ in STEER], ["pass rate", "steers / verified", "verified ≤ budget"],
+            (ax_steer, [k for k, _ in STEER[:3]], ["steers to verify", "pass rate", "verified ≤ budget"],
              "held-out steering (95% CI)"),
             (ax_eval, ["eval/span/logp_accuracy", "eval/span/reward_accuracy"], ["log-prob acc.", "reward acc."],
              "held-out preference accuracy")):

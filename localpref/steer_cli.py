@@ -68,8 +68,8 @@ def _run(args: argparse.Namespace, *, evaluate: bool) -> int:
     start = time.time()
     records = run_tasks(model, tokenizer, family, tasks, out=args.out, budget=args.budget,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        progress_label=f"steer {args.family}",
+                        max_new_tokens=args.max_new_tokens, max_task_tokens=args.max_task_tokens,
+                        batch_size=args.batch_size, progress_label=f"steer {args.family}",
                         extra_meta={"model": model_id, "split": args.split})
     summary = summarize_by(records)
     if args.out:
@@ -88,17 +88,22 @@ def _run(args: argparse.Namespace, *, evaluate: bool) -> int:
 def _fmt(summary: dict[str, Any], key: str) -> str:
     if key not in summary:
         return "-"
+    if isinstance(summary[key], int):
+        return str(summary[key])
     ci = summary.get(f"{key}_ci")
     return f"{summary[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _print_summary(summary: dict[str, dict], unit: str) -> None:
-    rows = [("pass rate without steers", "pass_rate"), ("steers needed per verified output", "steers_per_verified"),
-            ("share verified within the budget", "verified_within_budget"), ("steers per task", "steers_per_task"),
+    rows = [("steers to verify (headline)", "steers_to_verify"), ("pass rate without steers", "pass_rate"),
+            ("share verified within the budget", "verified_within_budget"),
+            ("tasks ended on the token cap", "token_capped"), ("steers per task", "steers_per_task"),
+            ("steers per verified output (drops tasks)", "steers_per_verified"),
             (f"first wrong {unit} (index, unsteered)", "first_error_unit"),
             ("characters typed per verified output", "chars_per_verified")]
     for group, s in summary.items():
-        print(f"\n{group}: {s['tasks']} tasks, budget {s['budget']} steers  (95% intervals)")
+        print(f"\n{group}: {s['tasks']} tasks, budget {s['budget']} steers  (95% intervals; steers to verify "
+              f"counts a task not verified within the budget as {s['budget'] + 1})")
         for text, key in rows:
             print(f"  {text:<40} {_fmt(s, key)}")
 
@@ -219,7 +224,11 @@ def register(subparsers: Any) -> None:
         p.add_argument("--top-p", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=0, help="sampling seed")
         p.add_argument("--task-seed", type=int, default=0, help="which prompts (order of the split)")
-        p.add_argument("--max-new-tokens", type=int, default=128, help="per generation pass")
+        p.add_argument("--max-new-tokens", type=int, default=128,
+                       help="per generation pass (a pass that runs out of tokens goes on, up to --max-task-tokens)")
+        p.add_argument("--max-task-tokens", type=int, default=None,
+                       help="tokens per prompt over all passes; a prompt that reaches it unverified ends "
+                            "(default: 4 x --max-new-tokens)")
         p.add_argument("--batch-size", type=int, default=32, help="prompts generated together (1: one at a time, "
                        "keeping each prompt's KV cache across corrections)")
         p.add_argument("--device", default="cpu")

@@ -2,21 +2,26 @@
 
 For one task (a prompt of a ``localpref.tasks`` family) and a model:
 
-1. The model writes its answer (``TurnWriter``). The first pass runs to the end of the turn (or
-   ``max_new_tokens``): that unsteered answer is recorded (``meta.original``), scored (pass
-   without steers, position of the first error) and is what "DPO on (model output, rewrite)" uses.
+1. The model writes its answer (``TurnWriter``). The first pass runs to the end of the turn: that
+   unsteered answer is recorded (``meta.original``), scored (pass without steers, position of the
+   first error) and is what "DPO on (model output, rewrite)" uses.
 2. While the answer is wrong and fewer than ``budget`` steers were spent: find the first wrong
    unit (``family.first_error``), take what the model wrote from there to where it would have been
    stopped (``Unit.stop``: the unit and the character that completed it) as ``rejected``, the right
    unit (``family.correct``) as ``corrected``, splice ``accepted + corrected`` into the writer and
    let the model go on, now stopping as soon as a unit is complete and wrong. A correction that
    completes a right answer ends the turn (the person accepts).
+   A pass that runs out of tokens (``max_new_tokens``, per pass) with nothing wrong yet is not an
+   end: the model goes on from its own text, as a person would let it, until the task has sampled
+   ``max_task_tokens`` in all (every pass counted); only that cap ends a task unverified without
+   the budget being spent, and the record says so (``meta.stopped == "token_cap"``).
 3. The record is a trajectory (``localpref.data.load``): ``prompt``, ``steps`` of
    ``accepted``/``rejected``/``corrected`` with their ``cost`` (characters and tokens typed),
    ``final`` (the answer as it stands) and ``verified``. ``load_steers`` expands it into steers as is.
 
-``summarize`` turns records into the evaluation: pass rate without steers, steers needed per
-verified output, share verified within the budget, first-error position, with 95% intervals
+``summarize`` turns records into the evaluation: the headline ``steers_to_verify`` (steers spent per
+task, a task not verified within the budget counting as budget + 1, so no task leaves the mean),
+pass rate without steers, share verified within the budget, first-error position, with 95% intervals
 (``localpref.stats``). The same loop serves ``localpref steer collect`` (sampled, on train prompts),
 ``localpref steer eval`` (greedy, on held-out prompts), the trainer's ``eval/steer/...`` metrics and
 the demo.
@@ -61,30 +66,42 @@ class Trajectory:
     """The loop's decisions for one task (steps 1-3 of the module docstring), fed the assistant text
     after each generation pass; generation itself is the caller's (one ``TurnWriter``, or batched)."""
 
-    def __init__(self, family: TaskFamily, task: Task, tokenizer: Any, budget: int):
+    def __init__(self, family: TaskFamily, task: Task, tokenizer: Any, budget: int, max_task_tokens: int):
         self.family, self.task, self.meta, self.tok, self.budget = family, task, task.meta, tokenizer, budget
+        self.max_task_tokens = max_task_tokens
         self.steps: list[dict[str, Any]] = []
         self.accepted_from = 0  # text before this offset is accepted (corrections included)
         self.text = ""
-        self.stopped: str | None = None  # why it ended: verified | budget | max_new_tokens
+        self.stopped: str | None = None  # why it ended: verified | budget | token_cap
         self.original: str | None = None
         self.original_ended = False
+        self.tokens = 0  # tokens sampled for this task so far, over all passes
+        self.continuations = 0  # passes that went on after running out of tokens
 
-    def feed(self, text: str, *, ended: bool, exhausted: bool) -> str | None:
-        """The text after a pass; returns the text to resume from (correction spliced in), or None: done.
+    @property
+    def steered(self) -> bool:
+        """A correction was made: the next pass stops at the first wrong unit (before it, passes
+        write the unsteered answer whole)."""
+        return bool(self.steps)
+
+    def feed(self, text: str, *, ended: bool, exhausted: bool, tokens: int) -> str | None:
+        """The text after a pass and the tokens sampled for the task so far; returns the text to
+        resume from (a correction spliced in, or the same text to go on), or None: done.
 
         Only an answer the model ended is judged whole (``final``): text cut off by ``max_new_tokens``
         is judged on its complete units only, since its last unit may just be unfinished."""
         family, meta = self.family, self.meta
-        self.text = text
-        if self.original is None:
+        sampled, self.tokens, self.text = tokens - self.tokens, tokens, text
+        if not self.steps:  # still the unsteered answer (a pass that ran out of tokens goes on)
             self.original, self.original_ended = text, ended
         offset = family.first_error(meta, text, final=ended)
         if offset is None:
             if not (ended or exhausted):
                 raise RuntimeError("a generation pass stopped early with no wrong unit")
-            self.stopped = "verified" if ended else "max_new_tokens"
-            return None
+            if ended:
+                self.stopped = "verified"
+                return None
+            return self._go_on(text, sampled)
         if offset < self.accepted_from:
             raise RuntimeError(f"family {family.name!r} found an error in accepted text at {offset} of {text!r}")
         if len(self.steps) >= self.budget:
@@ -92,9 +109,8 @@ class Trajectory:
             return None
         stop = family.unit_stop(meta, text, offset, final=ended)
         rejected, rejected_ends_turn = text[offset:stop], ended and stop == len(text)
-        if not rejected and not rejected_ends_turn:
-            self.stopped = "max_new_tokens"  # out of tokens mid-answer: nothing the model wrote to reject
-            return None
+        if not rejected and not rejected_ends_turn:  # out of tokens mid-answer: nothing to reject yet
+            return self._go_on(text, sampled)
         corrected = family.correct(meta, text, offset, final=ended)
         fixed = text[:offset] + corrected
         ends_turn = family.verify(meta, fixed)  # the correction completes a right answer: accept
@@ -105,6 +121,15 @@ class Trajectory:
             self.text, self.stopped = fixed, "verified"
             return None
         return fixed
+
+    def _go_on(self, text: str, sampled: int) -> str | None:
+        """Out of tokens with nothing (complete) wrong: let the model go on from its own text, unless
+        the task's token cap is reached (or the pass could sample nothing: the context is full)."""
+        if self.tokens >= self.max_task_tokens or sampled == 0:
+            self.stopped = "token_cap"
+            return None
+        self.continuations += 1
+        return text
 
     def record(self, settings: dict[str, Any], **usage: Any) -> dict[str, Any]:
         """The trajectory record (module docstring), once ``feed`` returned None."""
@@ -120,7 +145,7 @@ class Trajectory:
             "meta": {"task": meta, "original": self.original, "original_ended": ended,
                      "first_error": None if first is None else {
                          "offset": first, "unit": family.unit_index(self.original, first)},
-                     "steers": len(self.steps), "stopped": self.stopped,
+                     "steers": len(self.steps), "stopped": self.stopped, "continuations": self.continuations,
                      "budget": self.budget, **settings, **usage},
         }
 
@@ -133,42 +158,56 @@ def _write_until_error(writer: TurnWriter, family: TaskFamily, meta: dict, *, st
             return
 
 
+def _task_tokens(max_new_tokens: int, max_task_tokens: int | None) -> int:
+    """The task's token cap: ``max_task_tokens``, or four passes' worth when it is None."""
+    cap = 4 * max_new_tokens if max_task_tokens is None else max_task_tokens
+    if cap < max_new_tokens:
+        raise ValueError(f"max_task_tokens ({cap}) must be at least max_new_tokens ({max_new_tokens})")
+    return cap
+
+
 def steer_task(model: Any, tokenizer: Any, family: TaskFamily, task: Task, *, budget: int,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-               max_new_tokens: int = 128) -> dict[str, Any]:
+               max_new_tokens: int = 128, max_task_tokens: int | None = None) -> dict[str, Any]:
     """Run the steering loop on one task with a ``TurnWriter`` (the KV cache is kept across
-    corrections); returns its trajectory record (module docstring)."""
+    corrections); returns its trajectory record (module docstring). ``max_new_tokens`` bounds one
+    generation pass, ``max_task_tokens`` (default 4 x ``max_new_tokens``) the whole task."""
     start = time.time()
+    cap = _task_tokens(max_new_tokens, max_task_tokens)
     writer = TurnWriter(model, tokenizer, task.prompt, temperature=temperature, top_p=top_p,
                         seed=task_seed(seed, task.id), max_new_tokens=max_new_tokens)
-    trajectory = Trajectory(family, task, tokenizer, budget)
+    trajectory = Trajectory(family, task, tokenizer, budget, cap)
     _write_until_error(writer, family, task.meta, stop_early=False)
-    resume = trajectory.feed(writer.text, ended=writer.ended, exhausted=writer.exhausted)
+    resume = trajectory.feed(writer.text, ended=writer.ended, exhausted=writer.exhausted, tokens=writer.new_tokens)
     while resume is not None:
         writer.set_text(resume)
-        _write_until_error(writer, family, task.meta, stop_early=True)
-        resume = trajectory.feed(writer.text, ended=writer.ended, exhausted=writer.exhausted)
-    settings = dict(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
+        _write_until_error(writer, family, task.meta, stop_early=trajectory.steered)
+        resume = trajectory.feed(writer.text, ended=writer.ended, exhausted=writer.exhausted,
+                                 tokens=writer.new_tokens)
+    settings = dict(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
+                    max_task_tokens=cap)
     return trajectory.record(settings, new_tokens=writer.new_tokens, forwarded_tokens=writer.forwarded_tokens,
                              seconds=round(time.time() - start, 3))
 
 
 def steer_tasks_batched(model: Any, tokenizer: Any, family: TaskFamily, tasks: list[Task], *, budget: int,
                         temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                        max_new_tokens: int = 128) -> list[dict[str, Any]]:
+                        max_new_tokens: int = 128, max_task_tokens: int | None = None) -> list[dict[str, Any]]:
     """``steer_task`` for many tasks at once: each generation pass runs all tasks that need one as
     one left-padded batch (``localpref.generation.generate_batch``). The records are those of
     ``steer_task`` up to floating-point ties; a resume re-reads its context in the batched prefill
     instead of reusing a per-task cache, which costs little next to token-by-token decoding."""
     start = time.time()
-    trajectories = [Trajectory(family, t, tokenizer, budget) for t in tasks]
+    cap = _task_tokens(max_new_tokens, max_task_tokens)
+    trajectories = [Trajectory(family, t, tokenizer, budget, cap) for t in tasks]
     generators = [torch.Generator().manual_seed(task_seed(seed, t.id)) for t in tasks]
     usage = [{"new_tokens": 0, "forwarded_tokens": 0} for _ in tasks]
-    pending, stop_early = [(i, "") for i in range(len(tasks))], False
+    pending = [(i, "") for i in range(len(tasks))]
     while pending:
         rows = [i for i, _ in pending]
-        stop = (lambda k, text: family.first_error(tasks[rows[k]].meta, text, final=False) is not None) \
-            if stop_early else None
+        early = [trajectories[i].steered for i in rows]  # per row: unsteered answers are written whole
+        stop = (lambda k, text: early[k] and family.first_error(tasks[rows[k]].meta, text, final=False) is not None) \
+            if any(early) else None
         results = generate_batch(model, tokenizer, [tasks[i].prompt for i in rows], [t for _, t in pending],
                                  temperature=temperature, top_p=top_p, generators=[generators[i] for i in rows],
                                  max_new_tokens=max_new_tokens, stop=stop)
@@ -176,12 +215,14 @@ def steer_tasks_batched(model: Any, tokenizer: Any, family: TaskFamily, tasks: l
         for i, out in zip(rows, results):
             usage[i]["new_tokens"] += out.new_tokens
             usage[i]["forwarded_tokens"] += out.forwarded_tokens
-            resume = trajectories[i].feed(out.text, ended=out.ended, exhausted=out.exhausted)
+            resume = trajectories[i].feed(out.text, ended=out.ended, exhausted=out.exhausted,
+                                          tokens=usage[i]["new_tokens"])
             if resume is not None:
                 next_pending.append((i, resume))
-        pending, stop_early = next_pending, True
+        pending = next_pending
     seconds = round((time.time() - start) / max(1, len(tasks)), 3)  # the batch's time, shared out
-    settings = dict(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
+    settings = dict(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
+                    max_task_tokens=cap)
     return [t.record(settings, **u, seconds=seconds) for t, u in zip(trajectories, usage)]
 
 
@@ -255,8 +296,9 @@ def run_tasks(model: Any, tokenizer: Any, family: TaskFamily, tasks: Iterable[Ta
 
 def _check_same_settings(path: Path, records: Iterable[dict[str, Any]], settings: dict[str, Any]) -> None:
     """Resuming into a file made with other settings (model, budget, sampling) would mix two runs."""
-    defaults = {"temperature": 0.0, "top_p": 1.0, "seed": 0, "max_new_tokens": 128}
+    defaults = {"temperature": 0.0, "top_p": 1.0, "seed": 0, "max_new_tokens": 128, "max_task_tokens": None}
     want = {**defaults, **settings}
+    want["max_task_tokens"] = _task_tokens(want["max_new_tokens"], want["max_task_tokens"])
     for record in records:
         differ = {k: (record["meta"].get(k), v) for k, v in want.items() if record["meta"].get(k, v) != v}
         if differ:
@@ -286,31 +328,66 @@ def _ratio(num: list[float], den: list[float]):
     return stat
 
 
+def steers_to_verify(record: dict[str, Any]) -> int:
+    """A task's steers to verify: the steers it spent if it was verified within its budget, else
+    budget + 1 (more than any verified task can spend). The headline is their mean over all tasks,
+    so a model that verifies fewer tasks never scores better, and no task (one that rambled to the
+    token cap, one that spent the budget) leaves the mean."""
+    return int(record["meta"]["steers"]) if record["verified"] else int(record["meta"]["budget"]) + 1
+
+
+def prompt_outcomes(record: dict[str, Any]) -> list[int]:
+    """What the analysis keeps per task (``[steers, verified, passed, capped]``), enough to recompute
+    every headline figure for resampled prompts and seeds."""
+    return [int(record["meta"]["steers"]), int(record["verified"]), int(_passed(record)), int(_capped(record))]
+
+
+def _passed(record: dict[str, Any]) -> bool:
+    return record["meta"]["first_error"] is None and bool(record["verified"])
+
+
+def _capped(record: dict[str, Any]) -> bool:
+    # "max_new_tokens": records written before the loop went on past a pass's token limit
+    return record["meta"]["stopped"] in ("token_cap", "max_new_tokens")
+
+
 def summarize(records: list[dict[str, Any]], *, budget: int | None = None) -> dict[str, Any]:
     """Steering metrics of ``records`` with 95% intervals (``[low, high]`` under ``*_ci``).
 
+    steers_to_verify          the headline: mean over ALL tasks of the steers spent, a task not
+                              verified within the budget counting as budget + 1 (``steers_to_verify``;
+                              percentile bootstrap over tasks, 2000 resamples)
     pass_rate                 share of unsteered answers that verify (Wilson interval)
-    steers_per_verified       all steers spent / outputs verified within the budget (a ratio over
-                              the tasks: steers spent on tasks that never verified count too;
-                              percentile bootstrap over tasks, 2000 resamples; a resample with
-                              nothing verified counts as inf, so a high bound can be inf)
     verified_within_budget    share of tasks verified after at most ``budget`` steers (Wilson)
+    token_capped              tasks that ended on the task's token cap (``max_task_tokens``)
+                              unverified, with fewer steers than the budget: should be rare
+    steers_per_verified       secondary: all steers spent / outputs verified within the budget (a
+                              ratio over the tasks). It drops every unverified task that spent no
+                              steer (one that rambled to the token cap adds 0 / 0), so it can reward
+                              failing; it is kept for comparison with earlier reports only.
+                              Bootstrap; a resample with nothing verified counts as inf
     steers_per_task           mean steers spent per task (bootstrap)
     first_error_unit          mean index of the first wrong unit of unsteered answers that have one
-    chars_per_verified        characters typed per verified output (bootstrap)
+    chars_per_verified        characters typed per verified output (bootstrap; drops as above)
     """
     n = len(records)
     if n == 0:
         return {"tasks": 0}
-    passed = [r["meta"]["first_error"] is None and r["verified"] for r in records]
+    if budget is not None and any(int(r["meta"]["budget"]) != budget for r in records):
+        raise ValueError(f"summarize(budget={budget}) of records steered with another budget")
+    passed = [_passed(r) for r in records]
     steers = [float(r["meta"]["steers"]) for r in records]
     verified = [float(r["verified"]) for r in records]
+    to_verify = [float(steers_to_verify(r)) for r in records]
     chars = [float(sum(s.get("cost", {}).get("chars", 0) for s in r["steps"])) for r in records]
     first_units = [float(r["meta"]["first_error"]["unit"]) for r in records if r["meta"]["first_error"]]
     out: dict[str, Any] = {"tasks": n, "budget": budget if budget is not None else records[0]["meta"]["budget"]}
+    out["steers_to_verify"] = sum(to_verify) / n
+    out["steers_to_verify_ci"] = bootstrap_interval(_ratio(to_verify, [1.0] * n), n)
     out["pass_rate"], out["pass_rate_ci"] = sum(passed) / n, wilson_interval(sum(passed), n)
     out["verified_within_budget"] = sum(verified) / n
     out["verified_within_budget_ci"] = wilson_interval(int(sum(verified)), n)
+    out["token_capped"] = sum(_capped(r) and not r["verified"] for r in records)
     if sum(verified) > 0:
         out["steers_per_verified"] = sum(steers) / sum(verified)
         out["steers_per_verified_ci"] = bootstrap_interval(_ratio(steers, verified), n)

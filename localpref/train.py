@@ -345,6 +345,7 @@ def steer_metrics(model, tokenizer, cfg, run_dir: Path, *, final: bool, rank0: b
         out.unlink()  # a resumed run re-evaluates the final model from scratch
     records = run_tasks(model, tokenizer, family, family.tasks(cfg.split, n=cfg.n, seed=cfg.task_seed), out=out,
                         budget=cfg.budget, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                        max_task_tokens=cfg.max_task_tokens,
                         progress_label=f"steer eval {cfg.family}/{cfg.split}", show_progress=show_progress and rank0)
     metrics = {}
     for group, summary in summarize_by(records).items():

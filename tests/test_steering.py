@@ -76,13 +76,59 @@ def test_model_ending_early_is_a_rejected_end_of_turn(smollm2_tokenizer, tmp_pat
     assert smollm2_tokenizer.decode(chosen) == "," and smollm2_tokenizer.decode(rejected) == "<|im_end|>\n"  # the turn closes with "<|im_end|>\n"
 
 
-def test_an_answer_cut_off_by_max_new_tokens_is_not_judged_whole(smollm2_tokenizer):
-    # "41, 43" cut off after two items is unfinished, not too short: no steer, not verified either.
+def test_an_answer_cut_off_by_max_new_tokens_goes_on(smollm2_tokenizer):
+    # "41, 43" cut off after two items is unfinished, not too short: no steer; the model goes on
+    # from its own text (pass after pass of 6 tokens) and finishes the right answer unsteered.
     model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 47, 53"})
     record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2, max_new_tokens=6)
-    assert record["meta"]["original"] == "41, 43" and not record["meta"]["original_ended"]
-    assert record["meta"]["steers"] == 0 and record["meta"]["stopped"] == "max_new_tokens"
-    assert not record["verified"] and record["meta"]["first_error"] == {"offset": 6, "unit": 1}
+    meta = record["meta"]
+    assert meta["original"] == "41, 43, 47, 53" and meta["original_ended"] and meta["continuations"] >= 1
+    assert meta["steers"] == 0 and meta["stopped"] == "verified" and record["verified"]
+    assert meta["first_error"] is None and meta["max_task_tokens"] == 24  # default: 4 passes' worth
+    assert summarize([record])["pass_rate"] == 1.0
+
+
+def test_only_the_task_token_cap_ends_a_task_unverified(smollm2_tokenizer):
+    model = scripted(smollm2_tokenizer, PRIMES, {"": "41, 43, 47, 53"})
+    record = steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2, max_new_tokens=6, max_task_tokens=6)
+    meta = record["meta"]
+    assert meta["original"] == "41, 43" and not meta["original_ended"] and meta["continuations"] == 0
+    assert meta["steers"] == 0 and meta["stopped"] == "token_cap" and not record["verified"]
+    assert meta["first_error"] == {"offset": 6, "unit": 1}  # cut off: it did not pass
+    s = summarize([record])
+    assert s["token_capped"] == 1 and s["steers_to_verify"] == 3  # budget + 1
+    with pytest.raises(ValueError, match="at least max_new_tokens"):
+        steer_task(model, smollm2_tokenizer, LISTS, PRIMES, budget=2, max_new_tokens=6, max_task_tokens=5)
+
+
+RAMBLE = " ".join(str(x) for x in range(41, 400))  # never completes a list item: no unit to judge
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_a_model_that_rambles_cannot_improve_the_headline(smollm2_tokenizer, batch_size):
+    # Four prompts. An honest model: two right answers, two answers wrong on every item (budget 2
+    # spent, unverified). A rambler: the same two right answers, and on the two hard prompts it
+    # writes numbers without ever finishing an item until the token cap. The old ratio of sums
+    # (steers per verified output) scored the rambler better (0 / 2 against 4 / 2); the headline
+    # counts every unverified task as budget + 1 and cannot.
+    tasks = [Task(f"t/{i}", PRIMES.prompt, PRIMES.meta) for i in range(4)]
+    right, wrong = {"": "41, 43, 47, 53"}, {"": "40, 40, 40, 40", "41,": " 40, 40, 40", "41, 43,": " 40, 40"}
+    settings = dict(budget=2, max_new_tokens=8, max_task_tokens=32, show_progress=False, batch_size=batch_size)
+
+    def steer(plans):  # one scripted model per prompt (the scripted LM knows one prompt's plan)
+        return [run_tasks(scripted(smollm2_tokenizer, PRIMES, plan), smollm2_tokenizer, LISTS, [t], **settings)[0]
+                for t, plan in zip(tasks, plans)]
+
+    honest = summarize(steer([right, right, wrong, wrong]))
+    rambler_records = steer([right, right, {"": RAMBLE}, {"": RAMBLE}])
+    rambler = summarize(rambler_records)
+    assert [r["meta"]["stopped"] for r in rambler_records] == ["verified", "verified", "token_cap", "token_cap"]
+    assert all(r["meta"]["new_tokens"] >= 32 for r in rambler_records[2:])  # it went on to the cap
+    assert rambler["token_capped"] == 2 and honest["token_capped"] == 0
+    assert rambler["steers_per_verified"] < honest["steers_per_verified"]  # the old figure is fooled ...
+    assert honest["steers_to_verify"] == rambler["steers_to_verify"] == pytest.approx((0 + 0 + 3 + 3) / 4)
+    lo, hi = rambler["steers_to_verify_ci"]
+    assert 0 <= lo <= 1.5 <= hi <= 3
 
 
 def test_budget_is_a_hard_limit(smollm2_tokenizer):
@@ -173,19 +219,27 @@ def test_collection_appends_and_resumes(smollm2_tokenizer, tmp_path):
 
 
 def test_summary_against_a_hand_count():
-    def rec(first_unit, steers, verified, chars):
+    def rec(first_unit, steers, verified, chars, stopped=None):
         return {"verified": verified, "steps": [{"cost": {"chars": chars}}] if steers else [],
                 "meta": {"first_error": None if first_unit is None else {"unit": first_unit},
-                         "steers": steers, "budget": 3, "new_tokens": 10, "seconds": 1.0}}
+                         "steers": steers, "budget": 3, "new_tokens": 10, "seconds": 1.0,
+                         "stopped": stopped or ("verified" if verified else "budget")}}
 
-    records = [rec(None, 0, True, 0), rec(1, 1, True, 4), rec(2, 2, True, 6), rec(0, 3, False, 9)]
+    records = [rec(None, 0, True, 0), rec(1, 1, True, 4), rec(2, 2, True, 6), rec(0, 3, False, 9),
+               rec(0, 0, False, 0, "token_cap")]
     s = summarize(records)
-    assert s["pass_rate"] == 0.25 and s["verified_within_budget"] == 0.75
-    assert s["steers_per_verified"] == pytest.approx(6 / 3)  # all steers, the unverified task's too
-    assert s["steers_per_task"] == pytest.approx(1.5)
-    assert s["first_error_unit"] == pytest.approx(1.0)
-    lo, hi = s["steers_per_verified_ci"]
-    assert lo <= 2.0 <= hi
+    assert s["pass_rate"] == 0.2 and s["verified_within_budget"] == 0.6
+    # every task counts: 0, 1, 2 steers verified; two unverified tasks count budget + 1 = 4 each
+    assert s["steers_to_verify"] == pytest.approx((0 + 1 + 2 + 4 + 4) / 5)
+    assert s["token_capped"] == 1
+    assert s["steers_per_verified"] == pytest.approx(6 / 3)  # all steers, the unverified tasks' too
+    assert s["steers_per_task"] == pytest.approx(6 / 5)
+    assert s["first_error_unit"] == pytest.approx(3 / 4)
+    for key, value in (("steers_per_verified", 2.0), ("steers_to_verify", 2.2)):
+        lo, hi = s[f"{key}_ci"]
+        assert lo <= value <= hi
+    with pytest.raises(ValueError, match="another budget"):
+        summarize(records, budget=4)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
