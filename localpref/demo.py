@@ -44,9 +44,10 @@ def collect(cfg, run_dir: Path) -> dict[str, Path]:
     from localpref.models import build_model
     from localpref.steering import run_tasks
     from localpref.tasks import get_family
+    from localpref.tasks.pretrain import model_folder
 
     family = get_family(cfg.model.family)
-    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
+    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed, folder=model_folder(cfg.model))
     paths = {}
     for split, settings in COLLECT.items():
         paths[split] = run_dir / "collect" / f"{split}.jsonl"

@@ -117,31 +117,25 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-
-
 def _serve(args: argparse.Namespace) -> int:
-    import socket
     import sys
     import threading
 
     import uvicorn
 
     from localpref.page.app import Served, create_app
+    from localpref.page.listen import allowed_hosts, exposure_warning, listen, page_url
     from localpref.page.review import prepare_output
     from localpref.page.session import Sampling
 
-    if args.host not in LOOPBACK_HOSTS:
-        print(f"warning: serving on {args.host}, not only this machine: anyone who can reach port {args.port} "
-              f"can run the model and write to {args.out}", file=sys.stderr)
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     try:  # before loading the model: a port in use fails at once
-        sock.bind((args.host, args.port))
+        sock = listen(args.host, args.port)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
-    sock.listen(128)  # connections made once the URL is printed wait in the backlog until uvicorn starts
     port = sock.getsockname()[1]
+    if warning := exposure_warning(args.host, port, args.out):  # the real port, also for --port 0
+        print(f"warning: {warning}", file=sys.stderr)
     try:  # also before loading the model
         warning = prepare_output(Path(args.out))
     except ValueError as e:
@@ -159,12 +153,11 @@ def _serve(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens)
     try:
         app = create_app(served, args.out, defaults=defaults, span=args.span, max_length=args.max_length,
-                         compare=compare, allowed_hosts=list(LOOPBACK_HOSTS) if args.host in LOOPBACK_HOSTS else None)
+                         compare=compare, allowed_hosts=allowed_hosts(args.host))
     except ValueError as e:  # e.g. --max-new-tokens out of range
         print(f"error: {e}", file=sys.stderr)
         return 2
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"steering page: http://{host}:{port}/  model {model_id}"
+    print(f"steering page: {page_url(args.host, port)}  model {model_id}"
           + (f", compare with {compare.model_id}" if compare else "")
           + f"; saving to {args.out}  (Ctrl-C stops; a trajectory not yet accepted is lost)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -34,6 +34,8 @@ from localpref.memory import return_freed_memory
 from localpref.models import build_model
 from localpref.packing import check_packed_attention, collate, epoch_order, micro_batches
 from localpref.reference import PrecomputedReference, TokenScorer, make_model_reference, score_batch
+from localpref.tasks import family_names
+from localpref.tasks.pretrain import model_folder
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -157,7 +159,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
         if missing:  # to_object would silently fall back to the schema's default for these
             raise ValueError(f"missing required config values (???): {', '.join(missing)}")
         cfg = OmegaConf.to_object(cfg)  # the typed TrainConfig
-    validate(cfg)
+    validate(cfg, families=family_names())
     t = cfg.trainer
     procs = init_processes(t.device)
     sharded = procs.world > 1 and t.strategy == "fsdp"
@@ -173,7 +175,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     logger = RunLogger(run_dir, cfg.logger, resolved, rank=procs.rank)
 
     # Model, data (tokenized once), reference.
-    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed)
+    model, tokenizer = build_model(cfg.model, cfg.peft, seed=cfg.seed, folder=model_folder(cfg.model))
     model.to(procs.device)
     if cfg.data.layout != "unpacked":
         check_packed_attention(model)  # an untested model family fails here, not at the first forward

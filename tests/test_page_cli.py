@@ -1,7 +1,8 @@
 """``localpref steer serve`` as a user runs it: a real process, killed the hard way.
 
 A server killed with SIGKILL loses at most the trajectory in progress: what was accepted is in
-the file, whole, and loads. Serving beyond this machine warns; a port in use fails at once.
+the file, whole, and loads. Serving beyond this machine warns (``::1`` is this machine); a port
+in use fails at once.
 """
 
 from __future__ import annotations
@@ -73,17 +74,30 @@ def test_a_killed_server_loses_only_the_trajectory_in_progress(smollm2_tokenizer
     assert json.loads(data)["meta"]["seed"] == 0
 
 
-def test_serving_beyond_this_machine_warns_and_a_port_in_use_fails_fast(tmp_path):
+def test_a_port_in_use_fails_fast(tmp_path):
     with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 0))
+        busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(serve_command("--model", "nowhere", "--out", str(tmp_path / "s.jsonl"),
-                                            "--host", "0.0.0.0", "--port", str(port)),
+                                            "--port", str(port)),
                               capture_output=True, text=True, timeout=120, env=child_env())
     assert done.returncode == 2
-    assert "warning: serving on 0.0.0.0, not only this machine" in done.stderr
-    assert f"cannot listen on 0.0.0.0:{port}" in done.stderr  # before any model is loaded ("nowhere")
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr  # before any model is loaded ("nowhere")
+
+
+def test_serving_beyond_this_machine_warns_with_the_port_it_got_and_ipv6_loopback_does_not(tmp_path):
+    done = subprocess.run(serve_command("--model", "nowhere", "--out", str(tmp_path / "s.jsonl"),
+                                        "--host", "0.0.0.0", "--port", "0"),
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    assert done.returncode != 0  # no model called "nowhere"
+    port = re.search(r"warning: serving on 0\.0\.0\.0, not only this machine: anyone who can reach port (\d+)",
+                     done.stderr).group(1)
+    assert port != "0"
+    done = subprocess.run(serve_command("--model", "nowhere", "--out", str(tmp_path / "s.jsonl"),
+                                        "--host", "::1", "--port", "0"),
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    assert done.returncode != 0 and "warning" not in done.stderr and "cannot listen" not in done.stderr
 
 
 def test_an_output_that_is_not_a_steer_file_is_refused_before_loading(tmp_path):
