@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments" / "fewest_steers"
-STEER_KEYS = ["eval/steer/steers_per_verified", "eval/steer/pass_rate", "eval/steer/verified_within_budget",
+STEER_KEYS = ["eval/steer/steers_to_verify", "eval/steer/token_capped", "eval/steer/steers_per_verified", "eval/steer/pass_rate", "eval/steer/verified_within_budget",
               "eval/span/logp_accuracy", "eval/span/nll", "eval/drift/nll", "eval/drift/kl"]
 
 
@@ -45,7 +45,7 @@ def test_fewest_steers_quick_variant_is_well_formed(tmp_path, defacto_dir):
     assert {r["part"] for r in base} >= {"tiny-lists", "tiny-arith", "defacto"}
     assert all(r["metrics"]["eval/span/reward_ties"] == 1.0 for r in base)  # learning rate 0: the reference
     for r in results:
-        keys = STEER_KEYS if r["part"] != "defacto" else STEER_KEYS[3:]
+        keys = STEER_KEYS if r["part"] != "defacto" else STEER_KEYS[5:]
         keys = keys if r["data"]["data/eval_pairs"] else [k for k in keys if k.startswith("eval/steer/")]
         assert all(k in r["metrics"] for k in keys), (r["name"], sorted(r["metrics"]))
         assert r["data"]["data/train_pairs"] > 0

@@ -11,8 +11,20 @@ the settings and the wall-clock (``timing.jsonl``) and writes one compact, commi
 Rendering is deterministic, so a test re-renders the committed summary and compares: a table the
 paper includes that is missing or stale fails the suite.
 
-Statistics: per method, the mean over seeds with a 95% Student-t interval (``localpref.stats``);
-methods share seeds (the same collected steers), so method differences get a paired t-test.
+Statistics (``localpref.stats``). The headline is steers to verify (``localpref.steering``: steers
+spent per held-out prompt, a prompt not verified within the budget counting as budget + 1; every
+prompt counts). Runs are seeds x the same held-out prompts, so steering figures (steers to verify,
+verified within budget, pass rate) get a two-way bootstrap over seeds and prompts (both sources of
+noise; a rate's interval never leaves [0, 1]); a method against localized DPO is paired over both
+(the same resampled seeds, which share their collected steers, and prompts), beside a paired
+t-test over seeds. Span log-prob accuracy, a rate known per run only, gets a Wilson interval pooled
+over the seeds' held-out steers; the unbounded preference metrics (NLL, KL) a Student-t interval
+over seeds.
+
+Several ``OUT`` folders may be given (parts run separately), and ``--keep-parts-from FILE`` keeps
+the parts of an earlier summary that no given folder re-ran: they are marked ``reanalysed`` in the
+settings (their runs used the loop of their day; analysis re-derives the headline from their
+per-prompt outcomes).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
-from localpref.stats import bootstrap_interval, paired_t_test, t_interval  # noqa: E402
+from localpref.stats import crossed_bootstrap_interval, paired_t_test, pooled_wilson_interval, t_interval  # noqa: E402
 
 SUMMARY = HERE / "results" / "summary.json"
 GENERATED = REPO / "paper" / "generated"
@@ -38,19 +50,56 @@ LABELS = {"base": "base model", "sft_span": "1 SFT, corrected spans", "sft_rewri
           "dpo_rewrite": "3 DPO, output vs rewrite", "localized": "4 localized DPO (hunk)",
           "localized_anchor": "5 localized + SFT anchor", "step_dpo": "6 Step-DPO (continuation)",
           "variant": "7 localized variant"}
-STEER_COLS = [("eval/steer/steers_per_verified", "steers / verified"), ("eval/steer/pass_rate", "pass rate"),
-              ("eval/steer/verified_within_budget", "verified $\\le$ budget"),
-              ("eval/steer/first_error_unit", "first error (unit)")]
-PREF_COLS = [("eval/span/logp_accuracy", "span log-p acc."), ("eval/span/nll", "span NLL"),
-             ("eval/drift/nll", "drift NLL"), ("eval/drift/kl", "KL")]
+# Per-prompt outcomes (``steering.prompt_outcomes``): columns of the two-way bootstrap.
+STV, VERIFIED, PASSED = 0, 1, 2
+STEER_COLS = [(STV, "steers to verify"), (VERIFIED, "verified $\\le$ budget"), (PASSED, "pass rate")]
+PREF_COLS = [("eval/span/nll", "span NLL"), ("eval/drift/nll", "drift NLL"), ("eval/drift/kl", "KL")]
 
 
 # ------------------------------------------------------------------------------------------------
 # Step 1: OUT -> summary.json
 
 
-def summarize(out: Path) -> dict[str, Any]:
-    """Everything the paper needs from a run folder, small enough to commit."""
+def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the paper needs from run folders (merged), small enough to commit; the parts of
+    ``keep_from`` (an earlier summary) that no folder holds are kept, marked ``reanalysed``."""
+    merged = [_summarize_one(out) for out in outs]
+    summary = {"settings": {"quick": merged[0]["settings"]["quick"], "parts": {}, "reanalysed": []},
+               "runs": [], "collections": {}, "choices": {}, "timing": []}
+    for m in merged:
+        if m["settings"]["quick"] != summary["settings"]["quick"]:
+            raise SystemExit("cannot merge a quick run with a full one")
+        for key in ("methods", "variants"):
+            summary["settings"][key] = m["settings"].get(key, {})
+    if keep_from is not None:
+        fresh = {p for m in merged for p in m["settings"]["parts"]}
+        kept = [p for p in keep_from["settings"]["parts"] if p not in fresh]
+        merged.insert(0, {"settings": {"parts": {p: keep_from["settings"]["parts"][p] for p in kept}},
+                          "runs": [r for r in keep_from["runs"] if r["part"] in kept],
+                          "collections": {p: v for p, v in keep_from["collections"].items() if p in kept},
+                          "choices": {p: v for p, v in keep_from["choices"].items() if p in kept},
+                          "timing": [t for t in keep_from["timing"] if t["part"] in kept]})
+        summary["settings"]["reanalysed"] = sorted(set(kept) | set(keep_from["settings"].get("reanalysed", [])) - fresh)
+    for m in merged:
+        summary["settings"]["parts"].update(m["settings"]["parts"])
+        summary["runs"] += m["runs"]
+        summary["collections"].update(m["collections"])
+        summary["choices"].update(m["choices"])
+        summary["timing"] += [t for t in m["timing"] if t["part"] != "all"]
+    order = list(summary["settings"]["parts"])
+    summary["settings"]["parts"] = {p: summary["settings"]["parts"][p] for p in sorted(order, key=_PART_ORDER)}
+    return summary
+
+
+def _PART_ORDER(part: str) -> int:
+    known = ["tiny-lists", "tiny-arith", "smollm2-lists", "defacto"]
+    return known.index(part) if part in known else len(known)
+
+
+def _summarize_one(out: Path) -> dict[str, Any]:
+    """One ``run.py --out`` folder."""
+    from localpref.steering import prompt_outcomes, read_records
+
     runs = []
     listed = {f"{m.parent.name}/runs/{line}" for m in out.glob("*/runs.txt") for line in m.read_text().split()}
     for f in sorted(out.glob("*/runs/*/*/result.json")):
@@ -60,9 +109,14 @@ def summarize(out: Path) -> dict[str, Any]:
         keep = {k: v for k, v in r.items() if k not in ("overrides",)}
         keep["metrics"] = {k: v for k, v in r["metrics"].items() if k.startswith("eval/")}
         trajectories = f.parent / "steer_eval.jsonl"
-        if r["stage"] in ("final", "base") and trajectories.exists():  # per prompt, in id order: paired tests
-            records = sorted((json.loads(line) for line in trajectories.read_text().splitlines() if line), key=lambda x: x["id"])
-            keep["prompts"] = [[x["meta"]["steers"], int(x["verified"])] for x in records]
+        if r["stage"] in ("final", "base", "trainprompts", "iterate") and trajectories.exists():  # per prompt, id order
+            records = sorted(read_records(trajectories), key=lambda x: x["id"])
+            keep["prompts"] = [prompt_outcomes(x) for x in records]
+            keep["subfamilies"] = [x["meta"]["task"].get("subfamily") for x in records]
+            if r["stage"] == "trainprompts":  # which of these prompts the method's budget paid for
+                data = next(o.split("=", 1)[1] for o in r["overrides"] if o.startswith("data.path="))
+                taken = {x["id"] for x in read_records(data)[:int(r["data"]["data/collected/trajectories_taken"])]}
+                keep["trained"] = [int(x["id"] in taken) for x in records]
         runs.append(keep)
     collections = {}
     for f in sorted(out.glob("*/collect/*.summary.json")):
@@ -81,28 +135,47 @@ def summarize(out: Path) -> dict[str, Any]:
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
         return "--"
+    if math.isinf(x):
+        return "$\\infty$"
     return f"{x:.{digits}f}"
 
 
+def _finite(values: list[float | None]) -> list[float]:
+    """The values that are there (a part without held-out steers has no span metrics: None). An
+    infinite value is not dropped: it makes the mean infinite (see ``_mean``)."""
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
 def _mean(values: list[float | None], digits: int = 2) -> str:
-    """The mean over seeds of the finite values ('--' when there are none: a part without held-out
-    steers has no span metrics; a run that verified nothing has infinite steers per output)."""
-    finite = [v for v in values if v is not None and not math.isinf(v) and not math.isnan(v)]
-    return _fmt(t_interval(finite)[0], digits) if finite else "--"
+    """The mean over seeds of the recorded values ('--' when there are none); one infinite seed
+    makes the mean infinite, it is never left out."""
+    present = _finite(values)
+    if not present:
+        return "--"
+    return _fmt(math.inf if any(math.isinf(v) for v in present) else sum(present) / len(present), digits)
 
 
-def _ci(values: list[float], digits: int = 2) -> str:
-    """'m [lo, hi]' over seeds (or 'm' for one seed); values that are inf (nothing verified) are
-    left out and counted: 'm [lo, hi] (1 inf)'."""
-    finite = [v for v in values if v is not None and not math.isinf(v) and not math.isnan(v)]
-    dropped = sum(v is not None and math.isinf(v) for v in values)
-    note = f" ({dropped} inf)" if dropped else ""
-    if not finite:
-        return "--" + note
-    m, lo, hi = t_interval(finite)
-    return (_fmt(m, digits) if len(finite) == 1 else f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]") + note
+def _ci(values: list[float | None], digits: int = 2, floor: float | None = None) -> str:
+    """'m [lo, hi]': mean and 95% Student-t interval over seeds (or 'm' for one seed), for per-run
+    quantities that are not rates (NLL, KL, characters); an infinite seed gives an infinite mean, no
+    interval. ``floor``: where the quantity is bounded below (KL >= 0), the low bound is clipped there."""
+    present = _finite(values)
+    if not present:
+        return "--"
+    if any(math.isinf(v) for v in present) or len(present) == 1:
+        return _mean(present, digits)
+    m, lo, hi = t_interval(present)
+    return f"{_fmt(m, digits)} [{_fmt(lo if floor is None else max(floor, lo), digits)}, {_fmt(hi, digits)}]"
+
+
+def _pref_cell(runs: list[dict], key: str) -> str:
+    return _ci(_metric(runs, key), floor=0.0 if key.endswith("/kl") else None)
+
+
+def _interval(m: float, lo: float, hi: float, digits: int = 2) -> str:
+    return f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
 
 
 def _table(name: str, header: list[str], rows: list[list[str]], caption: str) -> dict[str, str]:
@@ -115,140 +188,246 @@ def _table(name: str, header: list[str], rows: list[list[str]], caption: str) ->
     tex += [" & ".join(r) + " \\\\" for r in rows]
     tex += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else ""), "\\end{table}", ""]
     md = ["| " + " | ".join(h.replace("$\\le$", "≤") for h in header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(c.replace("\\%", "%") for c in r) + " |" for r in rows]
+    md += ["| " + " | ".join(c.replace("\\%", "%").replace("$\\infty$", "∞") for c in r) + " |" for r in rows]
     return {f"{name}.tex": "\n".join(tex), f"{name}.md": "\n".join(md) + "\n"}
 
 
 def _runs(summary, part: str, stage: str, **match) -> list[dict]:
-    return [r for r in summary["runs"] if r["part"] == part and r["stage"] == stage
+    runs = [r for r in summary["runs"] if r["part"] == part and r["stage"] == stage
             and all(r.get(k) == v for k, v in match.items())]
+    return sorted(runs, key=lambda r: r["seed"])  # seed order: paired comparisons match seeds by position
 
 
 def _metric(runs: list[dict], key: str) -> list[float]:
     return [r["metrics"].get(key) for r in runs]
 
 
+def _steer_budget(summary, part: str) -> int:
+    return int(summary["settings"]["parts"][part]["steer_budget"])
+
+
+def _outcomes(run: dict, budget: int, keep: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """Per prompt (id order): (steers to verify, verified, passed). Runs summarized before the
+    loop recorded a pass per prompt hold [steers, verified]: a pass is then a prompt verified with
+    no steer (the unsteered answer verified), which is the same thing."""
+    rows = []
+    for i, p in enumerate(run["prompts"]):
+        if keep is not None and i not in keep:
+            continue
+        steers, verified = int(p[0]), int(p[1])
+        passed = int(p[2]) if len(p) > 2 else int(steers == 0 and verified)
+        rows.append((steers if verified else budget + 1, verified, passed))
+    return rows
+
+
+def _capped(runs: list[dict]) -> str:
+    """Prompts that ended on the token cap, summed over seeds ('?': the runs did not record it)."""
+    if not runs or any(len(p) < 4 for r in runs for p in r["prompts"]):
+        return "?"
+    return str(sum(p[3] for r in runs for p in r["prompts"]))
+
+
+def _matrix_mean(matrix: list[list[tuple]], col: int):
+    """The statistic 'mean of column ``col`` over resampled seeds x prompts'."""
+    def stat(si: list[int], pi: list[int]) -> float:
+        return sum(matrix[s][p][col] for s in si for p in pi) / (len(si) * len(pi))
+    return stat
+
+
+def steering_ci(matrix: list[list[tuple]], col: int) -> tuple[float, float, float]:
+    """(mean, lo, hi) of a steering figure over seeds x prompts, two-way bootstrap (``localpref.stats``)."""
+    stat = _matrix_mean(matrix, col)
+    every = list(range(len(matrix[0])))
+    lo, hi = crossed_bootstrap_interval(stat, len(matrix), len(every))
+    return stat(list(range(len(matrix))), every), lo, hi
+
+
+def paired_ci(a: list[list[tuple]], b: list[list[tuple]], col: int) -> tuple[float, float, float]:
+    """(mean, lo, hi) of a - b, paired over seeds (position) and prompts: the same resample for both."""
+    sa, sb = _matrix_mean(a, col), _matrix_mean(b, col)
+    stat = lambda si, pi: sa(si, pi) - sb(si, pi)  # noqa: E731
+    every = list(range(len(a[0])))
+    lo, hi = crossed_bootstrap_interval(stat, len(a), len(every))
+    return stat(list(range(len(a))), every), lo, hi
+
+
+def _steer_cells(runs: list[dict], budget: int, keep: list[int] | None = None) -> list[str]:
+    """Steers to verify, verified within budget, pass rate: 'm [lo, hi]' over seeds x prompts."""
+    if not runs or any("prompts" not in r for r in runs):
+        return ["--"] * len(STEER_COLS)
+    matrix = [_outcomes(r, budget, keep) for r in runs]
+    if not matrix[0]:
+        return ["--"] * len(STEER_COLS)
+    return [_interval(*steering_ci(matrix, col)) for col, _ in STEER_COLS]
+
+
+def _rate_cell(runs: list[dict], budget: int, col: int, key: str, keep: list[int] | None = None) -> str:
+    """A steering rate (``col`` of the outcomes) over seeds x prompts; runs that kept no per-prompt
+    outcomes fall back to a Wilson interval pooled over their prompts (``key`` x ``tasks``)."""
+    if not runs:
+        return "--"
+    if all("prompts" in r for r in runs):
+        return _steer_cells(runs, budget, keep)[[c for c, _ in STEER_COLS].index(col)]
+    return "--" if keep is not None else _metric_rate(runs, key)
+
+
+def _metric_rate(runs: list[dict], key: str) -> str:
+    """A logged steering rate pooled over runs: Wilson over their prompts (``key`` x ``tasks``)."""
+    have = [r for r in runs if r["metrics"].get(key) is not None]
+    if not have:
+        return "--"
+    tasks_key = key.rsplit("/", 1)[0] + "/tasks"
+    ns = [int(r["metrics"][tasks_key]) for r in have]
+    ks = [round(r["metrics"][key] * n) for r, n in zip(have, ns)]
+    return _interval(sum(ks) / sum(ns), *pooled_wilson_interval(ks, ns))
+
+
+def _stv(run: dict, budget: int, keep: list[int] | None = None) -> float | None:
+    """A run's steers to verify: from its prompts when recorded, else its logged metric (None: neither)."""
+    if "prompts" in run:
+        rows = _outcomes(run, budget, keep)
+        return sum(r[STV] for r in rows) / len(rows) if rows else None
+    return run["metrics"].get("eval/steer/steers_to_verify")
+
+
+def _accuracy(runs: list[dict], key: str = "eval/span/logp_accuracy") -> str:
+    """A per-steer rate (span log-prob or reward accuracy) pooled over the seeds' held-out steers,
+    Wilson interval (a reward tie counts 1/2, so a count is rounded to the nearest whole steer)."""
+    have = [r for r in runs if r["metrics"].get(key) is not None and r["data"].get("data/eval_pairs")]
+    if not have:
+        return "--"
+    ns = [int(r["data"]["data/eval_pairs"]) for r in have]
+    ks = [round(r["metrics"][key] * n) for r, n in zip(have, ns)]
+    return _interval(sum(r["metrics"][key] * n for r, n in zip(have, ns)) / sum(ns), *pooled_wilson_interval(ks, ns))
+
+
 def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Per method at the main budget: steering on heldout and preference metrics, mean [95% CI] over seeds."""
+    """Per method at the main budget: held-out steering (seeds x prompts) and preference metrics."""
     final = _runs(summary, part, "final")
     if not final:
         return {}, {}
-    budget = max(r["budget"] for r in final)
-    base = _runs(summary, part, "base", eval_split="heldout")
-    rows = [[LABELS["base"], "0"] + [_ci(_metric(base, k)) for k, _ in STEER_COLS]
-            + [_ci(_metric(base, k)) for k, _ in PREF_COLS]]
+    budget, steer_budget = max(r["budget"] for r in final), _steer_budget(summary, part)
     numbers = {}
-    for method in ORDER:
-        runs = _runs(summary, part, "final", method=method, budget=budget)
+    rows = []
+    for method in ["base", *ORDER]:
+        runs = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
+                else _runs(summary, part, "final", method=method, budget=budget))
         if not runs:
             continue
-        label = LABELS[method] + (f" ({summary['choices'][part]['variant']['chosen'].replace('_', '-')})" if method == "variant"
-                                  and "variant" in summary["choices"].get(part, {}) else "")
-        chars = _fmt(sum(r["budget_chars"] for r in runs) / len(runs), 0)
-        rows.append([label, chars] + [_ci(_metric(runs, k)) for k, _ in STEER_COLS]
-                    + [_ci(_metric(runs, k)) for k, _ in PREF_COLS])
-        for what, key in (("spv", "eval/steer/steers_per_verified"), ("pass", "eval/steer/pass_rate"),
-                          ("spannll", "eval/span/nll"), ("kl", "eval/drift/kl")):
+        label = LABELS[method] + (f" ({summary['choices'][part]['variant']['chosen'].replace('_', '-')})"
+                                  if method == "variant" and "variant" in summary["choices"].get(part, {}) else "")
+        chars = "0" if method == "base" else _fmt(sum(r["budget_chars"] for r in runs) / len(runs), 0)
+        cells = _steer_cells(runs, steer_budget)
+        rows.append([label, chars, *cells, _capped(runs), _mean(_metric(runs, "eval/steer/steers_per_verified")),
+                     _mean(_metric(runs, "eval/steer/first_error_unit")), _accuracy(runs),
+                     *[_pref_cell(runs, k) for k, _ in PREF_COLS]])
+        numbers[_macro(part, method, "stv")] = cells[0]
+        numbers[_macro(part, method, "stvmean")] = cells[0].split(" ")[0]
+        numbers[_macro(part, method, "pass")] = cells[2].split(" ")[0]
+        numbers[_macro(part, method, "verified")] = cells[1].split(" ")[0]
+        numbers[_macro(part, method, "spv")] = _mean(_metric(runs, "eval/steer/steers_per_verified"))
+        numbers[_macro(part, method, "capped")] = _capped(runs)
+        for what, key in (("spannll", "eval/span/nll"), ("kl", "eval/drift/kl")):
             numbers[_macro(part, method, what)] = _mean(_metric(runs, key))
-    for what, key in (("spv", "eval/steer/steers_per_verified"), ("pass", "eval/steer/pass_rate"),
-                      ("spannll", "eval/span/nll")):
-        numbers[_macro(part, "base", what)] = _mean(_metric(base, key))
     seeds = len({r["seed"] for r in final})
-    header = ["method", "chars"] + [c for _, c in STEER_COLS] + [c for _, c in PREF_COLS]
-    caption = (f"{part}: held-out steering (greedy, at most {summary['settings']['parts'][part]['steer_budget']} "
-               f"steers per prompt) and held-out steer preference metrics after training at equal annotation "
-               f"cost (chars typed). Mean [95\\% CI] over {seeds} training seeds; every run steers the same "
-               f"held-out prompts (Table~\\ref{{tab:paired_{part}}} adds the prompts' variance).")
+    header = ["method", "chars", *[c for _, c in STEER_COLS], "token cap", "steers / verified", "first error (unit)",
+              "span log-p acc.", *[c for _, c in PREF_COLS]]
+    caption = (f"{part}: held-out steering (greedy, at most {steer_budget} steers per prompt) and held-out steer "
+               f"preference metrics after training at equal annotation cost (chars typed), {seeds} training seeds. "
+               f"Steers to verify: steers spent per prompt, a prompt not verified within the budget counting as "
+               f"{steer_budget + 1} (every prompt counts); with verified $\\le$ budget and pass rate: mean [95\\% "
+               f"two-way bootstrap interval over seeds and prompts]. Token cap: prompts (over all seeds) that ended "
+               f"unverified on the per-prompt token cap ('?': not recorded by runs of the older loop). Steers / "
+               f"verified (the earlier headline, which leaves out prompts that end unverified without a steer) and "
+               f"first error: means over seeds. Span log-p acc.: Wilson interval pooled over the seeds' held-out "
+               f"steers; NLL and KL: Student-t over seeds (KL's low bound clipped at 0).")
     return _table(f"headline_{part}", header, rows, caption), numbers
 
 
 def subfamilies(summary, part: str) -> dict[str, str]:
     """Prompts of sub-families trained on vs the one never trained on (heldout only)."""
     final = _runs(summary, part, "final")
+    budget, steer_budget = (max(r["budget"] for r in final), _steer_budget(summary, part)) if final else (None, None)
     if not final or "eval/steer/unseen/pass_rate" not in final[0]["metrics"]:
         return {}
-    budget = max(r["budget"] for r in final)
     rows = []
     for method in ["base", *ORDER]:
         runs = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
                 else _runs(summary, part, "final", method=method, budget=budget))
-        if runs:
-            rows.append([LABELS[method], *[_ci(_metric(runs, f"eval/steer/{g}/{k}")) for g in ("seen", "unseen")
-                                           for k in ("steers_per_verified", "pass_rate")]])
-    return _table(f"subfamilies_{part}", ["method", "seen: steers / verified", "seen: pass", "unseen: steers / verified",
+        if not runs:
+            continue
+        cells = []
+        for group in ("seen", "unseen"):
+            if all("subfamilies" in r for r in runs):
+                keep = [i for i, g in enumerate(runs[0]["subfamilies"]) if g == group]
+                c = _steer_cells(runs, steer_budget, keep)
+                cells += [c[0], c[2]]
+            else:  # runs summarized before sub-families were kept per prompt
+                cells += [_mean(_metric(runs, f"eval/steer/{group}/steers_to_verify")),
+                          _metric_rate(runs, f"eval/steer/{group}/pass_rate")]
+        rows.append([LABELS[method], *cells])
+    return _table(f"subfamilies_{part}", ["method", "seen: steers to verify", "seen: pass", "unseen: steers to verify",
                                           "unseen: pass"], rows,
                   f"{part}: held-out prompts of the sub-families trained on (seen) and of the one never trained "
-                  f"on (unseen), main budget. Mean [95\\% CI] over seeds.")
-
-
-def _pooled_spv(runs: list[dict]):
-    """Steers per verified output over all seeds' runs, as a statistic of resampled prompt indices."""
-    def stat(idx: list[int]) -> float:
-        steers = sum(r["prompts"][i][0] for r in runs for i in idx)
-        verified = sum(r["prompts"][i][1] for r in runs for i in idx)
-        return steers / verified if verified else float("inf")
-    return stat
+                  f"on (unseen), main budget. Mean [95\\% two-way bootstrap interval over seeds and prompts; runs "
+                  f"that kept no per-prompt sub-family: steers to verify '--', pass rate with a Wilson interval "
+                  f"pooled over seeds].")
 
 
 def paired(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Each method against localized DPO: the difference in steers per verified output, paired over
-    seeds (t-test) and over prompts (every run steers the same held-out prompts: a bootstrap of
-    prompts, the same resample for both methods and all seeds)."""
+    """Each method against localized DPO: the difference in steers to verify, paired over seeds and
+    prompts at once (a two-way bootstrap resampling seeds, which methods share with their
+    collected steers, and the held-out prompts every run steers), and a paired t-test over seeds."""
     final = _runs(summary, part, "final")
     if not final:
         return {}, {}
-    budget = max(r["budget"] for r in final)
+    budget, steer_budget = max(r["budget"] for r in final), _steer_budget(summary, part)
     numbers = {}
-    ref = {r["seed"]: r["metrics"].get("eval/steer/steers_per_verified") for r in
-           _runs(summary, part, "final", method="localized", budget=budget)}
+    ref = _runs(summary, part, "final", method="localized", budget=budget)
     rows = []
-    for method in ORDER:
+    for method in ["base", *ORDER]:
         if method == "localized":
             continue
-        other = {r["seed"]: r["metrics"].get("eval/steer/steers_per_verified") for r in
-                 _runs(summary, part, "final", method=method, budget=budget)}
-        if not other:
+        other = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
+                 else _runs(summary, part, "final", method=method, budget=budget))
+        if not other or not ref:
             continue  # a method this part does not run
-        seeds = sorted(set(ref) & set(other))
-        pairs = [(other[s], ref[s]) for s in seeds if other[s] is not None and ref[s] is not None
-                 and not math.isinf(other[s]) and not math.isinf(ref[s])]
-        mine = [r for r in _runs(summary, part, "final", method=method, budget=budget) if "prompts" in r]
-        theirs = [r for r in _runs(summary, part, "final", method="localized", budget=budget) if "prompts" in r]
-        by_prompt = "--"
-        if mine and theirs:
-            a, b = _pooled_spv(mine), _pooled_spv(theirs)
-            idx = list(range(len(mine[0]["prompts"])))
-            lo, hi = bootstrap_interval(lambda i: a(i) - b(i), len(idx))
-            by_prompt = f"{_fmt(a(idx) - b(idx))} [{_fmt(lo)}, {_fmt(hi)}]"
-            numbers[_macro(part, method, "vsloc")] = by_prompt
-        if len(pairs) < 2:
-            rows.append([LABELS[method], "--", "--", str(len(pairs)), by_prompt])
+        if [r["seed"] for r in other] != [r["seed"] for r in ref] or any("prompts" not in r for r in other + ref):
+            rows.append([LABELS[method], "--", "--", "--", str(len(other))])
             continue
-        diff, p = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
+        a = [_outcomes(r, steer_budget) for r in other]
+        b = [_outcomes(r, steer_budget) for r in ref]
+        diff, lo, hi = paired_ci(a, b, STV)
+        cell = _interval(diff, lo, hi)
+        per_seed = ([sum(x[STV] for x in m) / len(m) for m in a], [sum(x[STV] for x in m) / len(m) for m in b])
+        p = paired_t_test(*per_seed)[1] if len(a) >= 2 else math.nan
+        numbers[_macro(part, method, "vsloc")] = cell
         numbers[_macro(part, method, "vslocp")] = _fmt(p, 3)
-        rows.append([LABELS[method], _fmt(diff), _fmt(p, 3), str(len(pairs)), by_prompt])
-    return _table(f"paired_{part}", ["method", "$\\Delta$ vs 4 (seed mean)", "p (paired t)", "seeds",
-                                     "$\\Delta$ pooled [95\\% CI, prompts]"], rows,
-                  f"{part}: steers per verified output of each method minus localized DPO's (positive: the method "
-                  f"needs more steers). Paired over seeds: the mean difference and a paired t-test. Paired over "
-                  f"prompts: the ratio pooled over seeds, with a bootstrap of the held-out prompts."), numbers
+        rows.append([LABELS[method], cell, _fmt(p, 3), "yes" if lo > 0 or hi < 0 else "no", str(len(a))])
+    return _table(f"paired_{part}", ["method", "$\\Delta$ vs 4 [95\\% CI, seeds $\\times$ prompts]", "p (paired t, seeds)",
+                                     "CI excludes 0", "seeds"], rows,
+                  f"{part}: steers to verify of each method minus localized DPO's (positive: the method needs more "
+                  f"steers). The interval resamples seeds and held-out prompts together, the same resample for both "
+                  f"methods (paired over both); the t-test pairs the seeds' means. With three seeds both are coarse."), numbers
 
 
 def curves(summary, part: str) -> dict[str, str]:
-    """Steers per verified output and pass rate against annotation cost (CSV + PDF figure)."""
+    """Steers to verify and pass rate against annotation cost (CSV + PDF figure), two-way intervals."""
     final = _runs(summary, part, "final")
     budgets = sorted({r["budget"] for r in final})
     if len(budgets) < 2:
         return {}
+    steer_budget = _steer_budget(summary, part)
     rows = []
     for method in ORDER:
         for b in budgets:
             runs = _runs(summary, part, "final", method=method, budget=b)
-            if runs:
+            if runs and all("prompts" in r for r in runs):
                 chars = sum(r["budget_chars"] for r in runs) / len(runs)
-                for key in ("eval/steer/steers_per_verified", "eval/steer/pass_rate"):
-                    m, lo, hi = t_interval([v for v in _metric(runs, key) if v is not None and not math.isinf(v)] or [math.nan])
-                    rows.append([method, b, round(chars, 1), key.split("/")[-1], round(m, 4), round(lo, 4), round(hi, 4)])
+                matrix = [_outcomes(r, steer_budget) for r in runs]
+                for name, col in (("steers_to_verify", STV), ("pass_rate", PASSED)):
+                    m, lo, hi = steering_ci(matrix, col)
+                    rows.append([method, b, round(chars, 1), name, round(m, 4), round(lo, 4), round(hi, 4)])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([["method", "budget", "chars", "metric", "mean", "lo", "hi"], *rows])
     return {f"curves_{part}.csv": buf.getvalue()}
@@ -262,7 +441,7 @@ def plot_curves(csv_text: str, path: Path, title: str) -> None:
 
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, metric, label in zip(axes, ("steers_per_verified", "pass_rate"), ("steers per verified output", "pass rate")):
+    for ax, metric, label in zip(axes, ("steers_to_verify", "pass_rate"), ("steers to verify", "pass rate")):
         for method in ORDER:
             pts = [r for r in rows if r["method"] == method and r["metric"] == metric]
             if pts:
@@ -282,10 +461,12 @@ def small_numbers(summary, part: str) -> dict[str, str]:
     """Macros for the prose: tuning (per method and grid index, ``Lr1`` the smallest), the
     train-prompts diagnostic, the iterated rounds."""
     numbers = {}
+    steer_budget = _steer_budget(summary, part)
     tune = _runs(summary, part, "tune")
     lrs = sorted({r["lr"] for r in tune})
     for r in tune:
         i = "ABCDEFGH"[lrs.index(r["lr"])]
+        numbers[_macro(part, r["method"], f"lr{i}-stv")] = _fmt(_stv(r, steer_budget))
         numbers[_macro(part, r["method"], f"lr{i}-spv")] = _fmt(r["metrics"].get("eval/steer/steers_per_verified"))
         numbers[_macro(part, r["method"], f"lr{i}-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
         numbers[_macro(part, r["method"], f"lr{i}-spannll")] = _fmt(r["metrics"].get("eval/span/nll"))
@@ -293,24 +474,60 @@ def small_numbers(summary, part: str) -> dict[str, str]:
     for i, lr in enumerate(lrs):
         numbers[_macro(part, "", f"lr{'ABCDEFGH'[i]}")] = f"{lr:g}"
     for r in _runs(summary, part, "base", eval_split="val", seed=tune[0]["seed"] if tune else None):
+        numbers[_macro(part, "base", "val-stv")] = _fmt(_stv(r, steer_budget))
         numbers[_macro(part, "base", "val-spv")] = _fmt(r["metrics"].get("eval/steer/steers_per_verified"))
         numbers[_macro(part, "base", "val-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
         numbers[_macro(part, "base", "val-spannll")] = _fmt(r["metrics"].get("eval/span/nll"))
-    for r in _runs(summary, part, "trainprompts"):
-        numbers[_macro(part, r["method"], "train-spv")] = _fmt(r["metrics"].get("eval/steer/steers_per_verified"))
-        numbers[_macro(part, r["method"], "train-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
     for r2 in [r for r in _runs(summary, part, "iterate") if r.get("round") == 2]:
-        key = _macro(part, r2["method"], "round-spv")
-        vals = [x["metrics"].get("eval/steer/steers_per_verified") for x in _runs(summary, part, "iterate")
+        vals = [_stv(x, steer_budget) for x in _runs(summary, part, "iterate")
                 if x.get("round") == 2 and x["method"] == r2["method"]]
-        numbers[key] = _ci(vals)
+        numbers[_macro(part, r2["method"], "round-stv")] = _ci(vals)
     return numbers
+
+
+def trainprompts(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The diagnostic: each method steering the train prompts, split into the prompts its budget
+    paid for (trained on) and the rest, each beside the base model on the same prompts."""
+    diag = _runs(summary, part, "trainprompts")
+    base = [r for r in diag if r["method"] == "base"]
+    if not diag or not base or any("trained" not in r for r in diag):
+        return {}, {}
+    steer_budget, base = _steer_budget(summary, part), base[0]
+    rows, numbers = [], {}
+    for r in sorted((r for r in diag if r["method"] != "base"), key=lambda r: ORDER.index(r["method"])):
+        cells = []
+        for flag, what in ((1, "trained"), (0, "untrained")):
+            keep = [i for i, t in enumerate(r["trained"]) if t == flag]
+            if not keep:
+                cells += ["0", "--", "--", "--"]
+                continue
+            mine, theirs = [_outcomes(r, steer_budget, keep)], [_outcomes(base, steer_budget, keep)]
+            d = _interval(*paired_ci(mine, theirs, STV))
+            cells += [str(len(keep)), _fmt(_stv(base, steer_budget, keep)), _fmt(_stv(r, steer_budget, keep)), d]
+            numbers[_macro(part, r["method"], f"{what}-n")] = str(len(keep))
+            numbers[_macro(part, r["method"], f"{what}-base")] = cells[-3]
+            numbers[_macro(part, r["method"], f"{what}-stv")] = cells[-2]
+            numbers[_macro(part, r["method"], f"{what}-diff")] = d
+        rows.append([LABELS[r["method"]], *cells])
+    header = ["method", "trained: prompts", "base", "method", "$\\Delta$ [95\\% CI]",
+              "untrained: prompts", "base", "method", "$\\Delta$ [95\\% CI]"]
+    return _table(f"trainprompts_{part}", header, rows,
+                  f"{part}: a diagnostic (seed {base['seed']}, main budget): steers to verify on the train prompts, "
+                  f"split per method into the prompts its annotation budget paid for (trained on: the rewrite "
+                  f"methods' budget pays for fewer prompts) and the rest, each against the base model on the same "
+                  f"prompts; $\\Delta$ = method minus base, bootstrap over those prompts."), numbers
 
 
 def small_tables(summary, part: str) -> dict[str, str]:
     """Tuning (lr per method on val), the variant study, the iterated rounds."""
     out = {}
+    steer_budget = _steer_budget(summary, part)
     tune = _runs(summary, part, "tune")
+    old = not all("eval/steer/steers_to_verify" in r["metrics"] for r in tune + _runs(summary, part, "variant"))
+    # Runs of the older loop recorded no steers to verify for these single-run stages; they were
+    # chosen on steers per verified output, so that is what their tables show, named as such.
+    score = "steers / verified (older loop)" if old else "steers to verify"
+    value = (lambda r: r["metrics"].get("eval/steer/steers_per_verified")) if old else (lambda r: _stv(r, steer_budget))
     if tune:
         lrs = sorted({r["lr"] for r in tune})
         rows = []
@@ -318,34 +535,21 @@ def small_tables(summary, part: str) -> dict[str, str]:
             cells = []
             for lr in lrs:
                 rs = _runs(summary, part, "tune", method=method, lr=lr)
-                cells.append(_fmt(rs[0]["metrics"].get("eval/steer/steers_per_verified")) if rs else "--")
+                cells.append(_fmt(value(rs[0])) if rs else "--")
             chosen = summary["choices"].get(part, {}).get("tuned", {}).get("lr", {}).get(method)
             rows.append([LABELS[method], *cells, f"{chosen:g}" if chosen else "--"])
         out.update(_table(f"tune_{part}", ["method", *[f"lr {lr:g}" for lr in lrs], "chosen"], rows,
-                          f"{part}: steers per verified output on val prompts (seed 0) for each learning rate."))
+                          f"{part}: {score} on val prompts (seed 0) for each learning rate; the lowest wins."))
     variant = _runs(summary, part, "variant")
     if variant:
         base = _runs(summary, part, "base", eval_split="val", seed=variant[0]["seed"])
         rows = [[r["method"].replace("_", "-") if r["stage"] == "variant" else LABELS["base"],
-                 *[_fmt(r["metrics"].get(k)) for k in ("eval/steer/steers_per_verified", "eval/steer/pass_rate",
-                                                        "eval/span/nll", "eval/drift/kl")]] for r in base + variant]
-        out.update(_table(f"variant_{part}", ["candidate", "steers / verified", "pass rate", "span NLL", "KL"],
+                 _fmt(value(r)), *[_fmt(r["metrics"].get(k)) for k in
+                                                ("eval/steer/pass_rate", "eval/span/nll", "eval/drift/kl")]]
+                for r in base + variant]
+        out.update(_table(f"variant_{part}", ["candidate", score, "pass rate", "span NLL", "KL"],
                           rows, f"{part}: the study choosing method 7 (val prompts, seed 0, the grid's middle "
-                                f"learning rate); the lowest steers per verified output wins."))
-    diag = _runs(summary, part, "trainprompts")
-    if diag:
-        heldout = {m: _runs(summary, part, "final", method=m, seed=diag[0]["seed"],
-                            budget=max(r["budget"] for r in _runs(summary, part, "final")))
-                   for m in ORDER}
-        heldout["base"] = _runs(summary, part, "base", eval_split="heldout", seed=diag[0]["seed"])
-        rows = [[LABELS[r["method"]], _fmt(r["metrics"].get("eval/steer/steers_per_verified")),
-                 _fmt(r["metrics"].get("eval/steer/pass_rate")),
-                 _fmt(heldout[r["method"]][0]["metrics"].get("eval/steer/steers_per_verified")) if heldout.get(r["method"]) else "--"]
-                for r in sorted(diag, key=lambda r: (["base", *ORDER]).index(r["method"]))]
-        out.update(_table(f"trainprompts_{part}", ["method", "train prompts: steers / verified", "train prompts: pass",
-                                                   "heldout: steers / verified"], rows,
-                          f"{part}: a diagnostic (seed 0, main budget): steering on the train prompts whose steers "
-                          f"were trained on, beside the same model on heldout prompts."))
+                                f"learning rate); the lowest {score} wins."))
     it = _runs(summary, part, "iterate")
     if it:
         rows = []
@@ -356,16 +560,19 @@ def small_tables(summary, part: str) -> dict[str, str]:
             r1 = [r for r in it if r["method"] == method and r.get("round") != 2]
             r2 = [r for r in it if r["method"] == method and r.get("round") == 2]
             spent = lambda runs: [r["data"].get("data/collected/chars", 0) for r in runs]  # noqa: E731
-            rows.append([LABELS[method], *[_ci(_metric(x, "eval/steer/steers_per_verified")) for x in (one, r1, r2)],
-                         *[_ci(_metric(x, "eval/steer/pass_rate")) for x in (one, r2)],
+            rows.append([LABELS[method], *[_ci([_stv(r, steer_budget) for r in x]) for x in (one, r1, r2)],
+                         *[_rate_cell(x, steer_budget, PASSED, "eval/steer/pass_rate") for x in (one, r2)],
                          _ci(spent(one), 0), _ci([a + b for a, b in zip(spent(r1), spent(r2))], 0)])
         out.update(_table(f"rounds_{part}", ["method", "1 round (all)", "round 1 (half)", "2 rounds",
                                              "pass, 1 round", "pass, 2 rounds", "chars, 1 round",
                                              "chars, 2 rounds"], rows,
-                          f"{part}: iterated on-policy rounds at equal total cost: steers per verified output "
+                          f"{part}: iterated on-policy rounds at equal total cost: steers to verify "
                           f"(and pass rate) after one round on the whole budget vs two rounds of half each, the "
                           f"second on steers collected from the round-1 model; the characters actually spent (the "
-                          f"round-1 model may need fewer steers than the budget allows)."))
+                          f"round-1 model may need fewer steers than the budget allows). Steers to verify and "
+                          f"characters: mean [95\\% Student-t interval over seeds] ('--': runs of the older loop, "
+                          f"which recorded no steers to verify); pass rate: two-way bootstrap over seeds and "
+                          f"prompts, or a Wilson interval pooled over seeds where no per-prompt outcome was kept."))
     return out
 
 
@@ -373,15 +580,17 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
     runs = _runs(summary, "defacto", "final")
     if not runs:
         return {}, {}
-    before = [r["metrics"] for r in _runs(summary, "defacto", "base")]
+    base = _runs(summary, "defacto", "base")
+    before = [r["metrics"] for r in base]
     cols = [("eval/span/logp_accuracy", "span log-p acc."), ("eval/span/reward_accuracy", "reward acc."),
             ("eval/span/nll", "span NLL"), ("eval/drift/nll", "drift NLL"), ("eval/drift/kl", "KL")]
-    rows = [[LABELS["base"], "--"] + [_ci([b.get(k) for b in before]) for k, _ in cols]]
+    cell = lambda rs, k: _accuracy(rs, k) if k.endswith("accuracy") else _pref_cell(rs, k)  # noqa: E731
+    rows = [[LABELS["base"], "--"] + [cell(base, k) for k, _ in cols]]
     numbers = {}
     for method in sorted({r["method"] for r in runs}, key=lambda m: (ORDER + [m]).index(m)):
         rs = _runs(summary, "defacto", "final", method=method)
         rows.append([LABELS.get(method, method.replace("_", " ")), str(rs[0]["data"].get("data/train_pairs", "--"))]
-                    + [_ci(_metric(rs, k)) for k, _ in cols])
+                    + [cell(rs, k) for k, _ in cols])
         for what, key in (("spannll", "eval/span/nll"), ("acc", "eval/span/logp_accuracy"),
                           ("driftnll", "eval/drift/nll"), ("kl", "eval/drift/kl")):
             numbers[_macro("defacto", method, what)] = _mean(_metric(rs, key))
@@ -390,7 +599,8 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
         numbers[_macro("defacto", "base", what)] = _mean([b.get(key) for b in before])
     tex = _table("defacto", ["method", "pairs"] + [c for _, c in cols], rows,
                  "DeFacto test split (human corrections of summaries, never tuned on): preference metrics of "
-                 "SmolLM2-135M-Instruct + LoRA after training at equal annotation cost. Mean [95\\% CI] over seeds.")
+                 "SmolLM2-135M-Instruct + LoRA after training at equal annotation cost. Accuracies: Wilson interval "
+                 "pooled over the seeds' steers; NLL, KL: mean [95\\% Student-t interval] over seeds.")
     return tex, numbers
 
 
@@ -437,11 +647,23 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
             tex.update(curves(summary, part))
             tex.update(small_tables(summary, part))
             nums.update(small_numbers(summary, part))
+            tables, diag_numbers = trainprompts(summary, part)
+            tex.update(tables)
+            nums.update(diag_numbers)
         files.update(tex)
         numbers.update(nums)
     files.update(timing(summary))
     numbers["fsTotalMinutes"] = _fmt(_total_seconds(summary) / 60, 0)
     numbers["fsQuick"] = "yes" if summary["settings"]["quick"] else "no"
+    numbers["fsReanalysed"] = ", ".join(summary["settings"].get("reanalysed", [])) or "none"
+    for part, settings in summary["settings"]["parts"].items():
+        if settings.get("family"):
+            numbers[_macro(part, "", "budget")] = str(settings["steer_budget"])
+            numbers[_macro(part, "", "budgetplusone")] = str(settings["steer_budget"] + 1)
+            numbers[_macro(part, "", "maxnewtokens")] = str(settings["max_new_tokens"])
+            cap = settings.get("max_task_tokens") or (4 * settings["max_new_tokens"] if part not in
+                                                      summary["settings"].get("reanalysed", []) else None)
+            numbers[_macro(part, "", "tasktokens")] = str(cap) if cap else "none"
     for part, choices in summary["choices"].items():
         if "model" in choices:
             numbers[_macro(part, "", "params")] = f"{choices['model']['parameters'] / 1e6:.2f}M"
@@ -459,16 +681,20 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", nargs="?", type=Path, help="run.py's --out folder")
+    parser.add_argument("out", nargs="*", type=Path, help="run.py's --out folder(s) (parts run separately)")
+    parser.add_argument("--keep-parts-from", type=Path, default=None, metavar="SUMMARY",
+                        help="keep the parts of this earlier summary.json that no given folder re-ran (marked reanalysed)")
     parser.add_argument("--render-only", action="store_true", help="render paper/generated from the committed summary")
     parser.add_argument("--summary", type=Path, default=SUMMARY)
     parser.add_argument("--generated", type=Path, default=GENERATED)
     args = parser.parse_args()
     if not args.render_only:
-        if args.out is None:
+        if not args.out:
             parser.error("give run.py's --out folder, or --render-only")
+        keep = json.loads(args.keep_parts_from.read_text()) if args.keep_parts_from else None
+        summary = summarize(args.out, keep)  # read before writing: --keep-parts-from may be --summary
         args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps(summarize(args.out), indent=1, sort_keys=True) + "\n")
+        args.summary.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     names = render(json.loads(args.summary.read_text()), args.generated)
     print(f"{len(names)} files in {args.generated} from {args.summary}")
 

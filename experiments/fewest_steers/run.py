@@ -21,7 +21,8 @@ exists is skipped, so rerunning the command continues where it stopped):
    displacement (``VARIANTS``): each at the grid's middle learning rate, seed 0, on val.
 4. ``tune``: every method x every learning rate of ``lr_grid`` (the same grid, hence the same
    tuning budget, for every method), seed 0, main budget, evaluated on **val** prompts; the
-   learning rate with the fewest steers per verified output wins (ties: higher pass rate).
+   learning rate with the fewest steers to verify wins (every prompt counts, an unverified one as
+   the budget + 1: ``localpref.steering.steers_to_verify``; ties: higher pass rate).
 5. ``final``: every method at its learning rate x ``seeds`` x ``budgets``, evaluated once on
    **heldout** prompts (never used for any choice).
 6. ``trainprompts`` (a diagnostic): every method, seed 0, steering on the train prompts its steers
@@ -84,7 +85,8 @@ class Part:
     n_heldout: int
     temperature: float = 1.0  # collection sampling temperature
     steer_budget: int = 4  # steers per prompt
-    max_new_tokens: int = 96
+    max_new_tokens: int = 96  # per generation pass; a pass that runs out goes on, up to max_task_tokens
+    max_task_tokens: int | None = None  # tokens per prompt over all passes (None: 4 x max_new_tokens)
     gen_batch: int = 64
     trainer: list[str] = field(default_factory=list)
     micro_batch: int = 16  # pairs per step (fewer when a budget buys fewer)
@@ -114,7 +116,7 @@ def parts(quick: bool) -> dict[str, Part]:
         # training pairs per run, the first 32 held-out steers scored, no iterated rounds.
         "smollm2-lists": Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32,
                               temperature=0.7, gen_batch=48, micro_batch=8, tune=False, iterate=False,
-                              trainprompts=False, max_new_tokens=64,
+                              trainprompts=False, max_new_tokens=64, max_task_tokens=256,
                               methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor"],
                               trainer=["trainer.max_steps=8", "trainer.warmup_steps=1", "data.n_eval=32"]),
         # DeFacto pairs are ~390 tokens (~10 core-seconds each): three methods, 24 pairs per run.
@@ -187,6 +189,7 @@ def job_collect(part: dict, split: str, n: int, seed: int, temperature: float, o
     tasks = family.tasks(split, n=n)[skip:]
     records = run_tasks(model, tokenizer, family, tasks, out=out, budget=part["steer_budget"],
                         temperature=temperature, seed=seed, max_new_tokens=part["max_new_tokens"],
+                        max_task_tokens=part["max_task_tokens"],
                         batch_size=part["gen_batch"], progress_label=f"{part['name']} collect {split} s{seed}",
                         extra_meta={"model": model_id, "split": split})
     summary = summarize_by(records)
@@ -286,9 +289,9 @@ def _done(run_dir: Path) -> dict | None:
 
 
 def _score(result: dict) -> tuple[float, float]:
-    """Lower is better: steers per verified output, then minus the pass rate."""
+    """Lower is better: steers to verify (every prompt counts), then minus the pass rate."""
     m = result["metrics"]
-    return m.get("eval/steer/steers_per_verified", float("inf")), -m.get("eval/steer/pass_rate", 0.0)
+    return m["eval/steer/steers_to_verify"], -m["eval/steer/pass_rate"]
 
 
 def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> list[dict]:
@@ -337,7 +340,8 @@ def run_task_part(runner: Runner, part: Part) -> None:
                               f"seed={seed}", f"steer_eval.family={part.family}", f"steer_eval.split={split}",
                               f"steer_eval.n={ {'val': part.n_val, 'train': part.n_train}.get(split, part.n_heldout)}",
                               f"steer_eval.budget={part.steer_budget}",
-                              f"steer_eval.max_new_tokens={part.max_new_tokens}", *micro, *extra]}
+                              f"steer_eval.max_new_tokens={part.max_new_tokens}",
+                              f"steer_eval.max_task_tokens={part.max_task_tokens or 'null'}", *micro, *extra]}
 
     main_budget, mid_lr, s0 = max(part.budgets), part.lr_grid[len(part.lr_grid) // 2], part.seeds[0]
     # The base model, evaluated as the trained ones are: one step at learning rate 0 changes nothing.
@@ -349,7 +353,7 @@ def run_task_part(runner: Runner, part: Part) -> None:
         results = train_jobs(runner, part, "variant", [spec(f"{v}@{mid_lr}", VARIANTS[v], s0, main_budget, mid_lr,
                                                             "val") for v in part.variants])
         best_variant = min(results, key=_score)["method"]
-        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers per verified output"}))
+        (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers to verify"}))
     else:  # the choice made on the tiny model of the same family
         chosen_file = runner.out / f"tiny-{part.family}" / "variant.json"
         if chosen_file.exists():
