@@ -25,6 +25,7 @@ reproducible.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,6 +42,17 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update([gen] if isinstance(gen, int) else (gen or []))
     return ids
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    """ValueError unless ``0 <= temperature < inf`` and ``0 < top_p <= 1``, naming the setting. NaN
+    fails every comparison, so ``temperature < 0`` alone let it through into the softmax."""
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: {value} is not a number" if math.isnan(value)
+                             else f"{name}: {value} is not a finite number")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
 
 
 def sample_token(logits: Tensor, *, temperature: float, top_p: float = 1.0,
@@ -67,8 +79,7 @@ class TurnWriter:
 
     def __init__(self, model: Any, tokenizer: Any, prompt: str | list[dict[str, str]], *,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, max_new_tokens: int = 256):
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        check_sampling(temperature, top_p)
         self.model, self.tok = model, tokenizer
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.generator = torch.Generator().manual_seed(seed)
@@ -165,6 +176,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list, texts: list[str], 
     ``generators[k]``, so a row's tokens do not depend on the other rows (greedy ones may, at
     floating-point ties, through padding).
     """
+    check_sampling(temperature, top_p)
     n = len(prompts)
     if n == 0:
         return []

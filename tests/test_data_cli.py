@@ -125,3 +125,83 @@ def test_histogram_bins_by_hand():
     assert histogram([0, 3]) == [(0, 0, 1), (1, 1, 0), (2, 2, 0), (3, 4, 1)]
     assert histogram([]) == []
     assert histogram_lines([1, 1, 3], width=4) == ["        1 | ████ 2", "        2 |  0", "      3-4 | ██ 1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing lost at the edges: every command that writes refuses to replace steers without --force,
+# and never writes over an input or a file that is not steer JSONL
+
+
+OLD_STEER = {"prompt": "Q?", "rejected": " no", "corrected": " yes", "id": "old"}
+
+
+def _writers(tmp_path, edits_file):
+    """(command without OUT, its input or None) for every `data` command that writes one file."""
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps({"prompt": "Q?", "chosen": " yes", "rejected": " no"}) + "\n")
+    return {"from-edits": (["data", "from-edits", str(edits_file)], edits_file),
+            "from-trl": (["data", "from-trl", "--completions", "full", str(prefs)], prefs),
+            "examples": (["data", "examples", "--n", "4"], None)}
+
+
+@pytest.mark.parametrize("command", ["from-edits", "from-trl", "examples"])
+def test_writers_replace_steers_only_with_force(command, edits_file, tmp_path, capsys):
+    argv, _ = _writers(tmp_path, edits_file)[command]
+    out = tmp_path / "steers.jsonl"
+    out.write_text(json.dumps(OLD_STEER) + "\n" + json.dumps({**OLD_STEER, "id": "old2"}) + "\n")
+    before = out.read_bytes()
+    assert main([*argv, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out} already holds 2 record(s); refusing to replace it" in err and "--force" in err
+    assert out.read_bytes() == before
+    assert main([*argv, str(out), "--force"]) == 0
+    assert "old" not in {s.id for s in load_steers(out)} and not list(tmp_path.glob(".*.tmp"))
+    notes = tmp_path / "notes.txt"  # not steer JSONL: kept even with --force
+    notes.write_text("my notes\n")
+    assert main([*argv, str(notes), "--force"]) == 2
+    assert f"{notes} exists and is not a steer JSONL file; refusing to overwrite it" in capsys.readouterr().err
+    assert notes.read_text() == "my notes\n"
+    empty = tmp_path / "empty.jsonl"  # nothing to lose
+    empty.touch()
+    assert main([*argv, str(empty)]) == 0 and len(load_steers(empty)) > 0
+
+
+@pytest.mark.parametrize("command", ["from-edits", "from-trl"])
+def test_writers_never_write_over_their_input(command, edits_file, tmp_path, capsys):
+    argv, source = _writers(tmp_path, edits_file)[command]
+    before = source.read_bytes()
+    for force in ([], ["--force"]):
+        assert main([*argv, str(source), *force]) == 2
+        assert f"error: {source} is one of the files being read; refusing to write over it" in capsys.readouterr().err
+        assert source.read_bytes() == before
+    link = tmp_path / "link.jsonl"  # the same file under another name
+    link.symlink_to(source)
+    assert main([*argv, str(link), "--force"]) == 2 and source.read_bytes() == before
+    assert main([*argv[:-1], str(tmp_path / "missing.jsonl"), str(tmp_path / "o.jsonl")]) == 2
+    assert f"{tmp_path / 'missing.jsonl'} does not exist" in capsys.readouterr().err
+
+
+def test_from_defacto_keeps_existing_splits(tmp_path, capsys):
+    src = tmp_path / "defacto"  # one hand-made DeFacto row per split
+    src.mkdir()
+    row = {"doc_id": 7, "article": "The river rose two metres.", "candidate": "The river rose three metres.",
+           "feedback": {"summary": "The river rose two metres."}, "has_error": True}
+    for split in ("train", "val"):
+        (src / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "val.jsonl").write_text(json.dumps(OLD_STEER) + "\n")
+    argv = ["data", "from-defacto", str(out), "--dir", str(src), "--splits", "train", "val"]
+    assert main(argv) == 2
+    assert f"{out / 'val.jsonl'} already holds 1 record(s); refusing to replace it" in capsys.readouterr().err
+    assert not (out / "train.jsonl").exists()  # every output is checked before any is written
+    assert main([*argv, "--force"]) == 0
+    assert [s.id for s in load_steers(out / "val.jsonl")] == ["defacto/val/7/hunk0"]
+    assert main([*argv[:3], "--dir", str(src), "--splits", "train", "test"]) == 2
+    assert f"{src / 'test.jsonl'} does not exist" in capsys.readouterr().err
+    # OUT is the folder read from: its train.jsonl is an input, kept even with --force
+    assert main(["data", "from-defacto", str(src), "--dir", str(src), "--splits", "train", "--force"]) == 2
+    assert f"{src / 'train.jsonl'} is one of the files being read" in capsys.readouterr().err
+    assert json.loads((src / "train.jsonl").read_text()) == row
+    assert main(["data", "from-defacto", str(src / "val.jsonl"), "--dir", str(src)]) == 2
+    assert "is a file; OUT is the folder" in capsys.readouterr().err

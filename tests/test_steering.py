@@ -269,3 +269,20 @@ def test_resuming_with_other_settings_is_an_error(smollm2_tokenizer, tmp_path):
     run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=2, show_progress=False)
     with pytest.raises(ValueError, match="other settings .*budget 2 there, 3 now"):
         run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=3, show_progress=False)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("temperature", float("nan"), "temperature: nan is not a number"),
+    ("temperature", float("inf"), "temperature: inf is not a finite number"),
+    ("top_p", float("nan"), "top_p: nan is not a number"),
+    ("temperature", -1.0, "need temperature >= 0"),
+])
+def test_sampling_settings_that_are_not_numbers_are_refused(smollm2_tokenizer, setting, value, message):
+    # NaN passed `temperature < 0` and reached the softmax; both generation paths refuse it up front.
+    model = tiny_random_model(smollm2_tokenizer, seed=0)
+    with pytest.raises(ValueError, match=message):
+        TurnWriter(model, smollm2_tokenizer, "Hi", **{setting: value})
+    for batch_size in (1, 2):
+        with pytest.raises(ValueError, match=message):
+            run_tasks(model, smollm2_tokenizer, LISTS, LISTS.tasks("val", n=2), batch_size=batch_size,
+                      budget=1, show_progress=False, **{setting: value})

@@ -3,6 +3,12 @@
 Every subcommand returns an exit code: 0 on success, 1 when the input has an error under
 ``--on-error raise`` (the message names file, line and field), 2 for an unusable option or path
 (an input that does not exist or holds nothing to read, an output that would lose data).
+
+Nothing is lost at the edges: every command that writes (``from-edits``, ``from-trl``,
+``from-defacto``, ``from-tool``, ``examples``) checks all its outputs before it reads a row
+(``_check_outputs``). An output that already holds steers is replaced only with ``--force``; one of
+the inputs, or a file that is not steer JSONL, never is; and the file is written through a
+temporary renamed into place, so a failed run leaves the old one whole.
 """
 
 from __future__ import annotations
@@ -12,10 +18,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localpref.data.errors import SteerError
 from localpref.data.load import is_steer_file_or_absent
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from localpref.data.schema import Steer
 
 
 def _default_defacto_dir() -> str:
@@ -27,12 +38,19 @@ def _report(what: str, summary: dict[str, Any]) -> None:
     print(f"{what}: {json.dumps(summary, sort_keys=True)}")
 
 
+class _Unusable(Exception):
+    """An option or path the command cannot use (an output that would lose data): exit code 2."""
+
+
 def _guard(run):
-    """Turn a ``SteerError`` into a message on stderr and exit code 1."""
+    """Turn a ``SteerError`` into a message on stderr and exit code 1, an ``_Unusable`` into exit code 2."""
 
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return run(args)
+        except _Unusable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except SteerError as e:
             print(f"error: {e}", file=sys.stderr)
             print("(pass --on-error skip to drop bad rows and count them by reason)", file=sys.stderr)
@@ -41,11 +59,55 @@ def _guard(run):
     return wrapped
 
 
+def _output_refusal(output: Path, inputs: list[Path], *, force: bool) -> str | None:
+    """Why ``output`` must not be written (None: it may be). An existing steer file is replaced only
+    with ``force``; an input, or a file that is not a steer file, never."""
+    if output.is_dir():
+        return f"{output} is a folder, not the steer JSONL file to write"
+    if not output.exists():
+        return None
+    if any(f.exists() and os.path.samefile(output, f) for f in inputs):
+        return f"{output} is one of the files being read; refusing to write over it, even with --force"
+    if output.stat().st_size == 0:
+        return None
+    if not is_steer_file_or_absent(output):
+        return (f"{output} exists and is not a steer JSONL file; refusing to overwrite it, even with --force "
+                f"(is the output path right, or is it one of your input files?)")
+    if not force:
+        with open(output, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+        return (f"{output} already holds {lines} record(s); refusing to replace it: give another output file, "
+                f"or pass --force to replace it")
+    return None
+
+
+def _check_outputs(outputs: list[Path], inputs: list[Path], *, force: bool) -> None:
+    """Every ``data`` command that writes checks all its outputs here before it writes any (see
+    ``_output_refusal``); ``_Unusable`` names the first file that must not be written."""
+    for path in inputs:
+        if not path.exists():
+            raise _Unusable(f"{path} does not exist")
+    for output in outputs:
+        refusal = _output_refusal(output, inputs, force=force)
+        if refusal:
+            raise _Unusable(refusal)
+
+
+def _write(steers: Iterable[Steer], output: str | os.PathLike) -> int:
+    """Steers to ``output`` through a temporary file renamed into place (``write_records``, as
+    ``from-tool`` writes): a run that fails midway leaves ``output`` as it was."""
+    from localpref.data.frontends import write_records
+
+    return write_records((steer.to_dict() for steer in steers), output)
+
+
 @_guard
 def _from_edits(args: argparse.Namespace) -> int:
     from localpref.data.importers import import_edits
 
-    res = import_edits(args.input, args.output, hunks=args.hunks, complete=not args.partial, on_error=args.on_error)
+    _check_outputs([Path(args.output)], [Path(args.input)], force=args.force)
+    res = import_edits(args.input, None, hunks=args.hunks, complete=not args.partial, on_error=args.on_error)
+    _write(res.steers, args.output)
     _report(f"wrote {len(res.steers)} steers to {args.output}", res.summary())
     return 0
 
@@ -54,7 +116,9 @@ def _from_edits(args: argparse.Namespace) -> int:
 def _from_trl(args: argparse.Namespace) -> int:
     from localpref.data.importers import import_preferences
 
-    res = import_preferences(args.input, args.output, completions=args.completions, on_error=args.on_error)
+    _check_outputs([Path(args.output)], [Path(args.input)], force=args.force)
+    res = import_preferences(args.input, None, completions=args.completions, on_error=args.on_error)
+    _write(res.steers, args.output)
     _report(f"wrote {len(res.steers)} steers to {args.output}", res.summary())
     return 0
 
@@ -66,30 +130,16 @@ def _from_defacto(args: argparse.Namespace) -> int:
     if not (Path(args.dir) / f"{args.splits[0]}.jsonl").exists():
         print(f"error: no DeFacto files in {args.dir} (pass --dir)", file=sys.stderr)
         return 2
-    results = import_defacto(args.dir, args.output, splits=args.splits, hunks=args.hunks, on_error=args.on_error)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise _Unusable(f"{args.output} is a file; OUT is the folder to write {{split}}.jsonl into")
+    outputs = {split: Path(args.output) / f"{split}.jsonl" for split in args.splits}
+    _check_outputs(list(outputs.values()), [Path(args.dir) / f"{split}.jsonl" for split in args.splits],
+                   force=args.force)
+    results = import_defacto(args.dir, None, splits=args.splits, hunks=args.hunks, on_error=args.on_error)
     for split, res in results.items():
-        _report(f"{split}: wrote {len(res.steers)} steers to {Path(args.output) / f'{split}.jsonl'}", res.summary())
+        _write(res.steers, outputs[split])
+        _report(f"{split}: wrote {len(res.steers)} steers to {outputs[split]}", res.summary())
     return 0
-
-
-def _output_refusal(output: Path, inputs: list[Path], *, force: bool) -> str | None:
-    """Why ``output`` must not be written (None: it may be). An existing steer file is replaced only
-    with ``force``; an input, or a file that is not a steer file, never."""
-    if output.is_dir():
-        return f"{output} is a folder; the last path is the steer JSONL file to write"
-    if not output.exists() or output.stat().st_size == 0:
-        return None
-    if any(f.exists() and os.path.samefile(output, f) for f in inputs):
-        return f"{output} is one of the files being read; refusing to write over it (the last path is the output)"
-    if not is_steer_file_or_absent(output):
-        return (f"{output} exists and is not a steer JSONL file; refusing to overwrite it (the last path is the "
-                f"output: is it one of your save files?)")
-    if not force:
-        with open(output, "rb") as f:
-            lines = sum(1 for line in f if line.strip())
-        return (f"{output} already holds {lines} record(s); refusing to replace it: give another output file, "
-                f"or pass --force to replace it")
-    return None
 
 
 @_guard
@@ -110,10 +160,7 @@ def _from_tool(args: argparse.Namespace) -> int:
         print(f"error: no {args.tool} save files ({', '.join('*' + e for e in extensions)}) in {', '.join(inputs)}"
               f" ('backups' folders are skipped); nothing was written", file=sys.stderr)
         return 2
-    refusal = _output_refusal(Path(output), files, force=args.force)
-    if refusal:
-        print(f"error: {refusal}", file=sys.stderr)
-        return 2
+    _check_outputs([Path(output)], files, force=args.force)
     res = import_tool(args.tool, files, output, partial=args.partial, hunks=args.hunks, system=args.system,
                       on_error=args.on_error)
     _report(f"wrote {len(res.records)} records ({len(res.steers)} steers) to {output}", res.summary())
@@ -125,14 +172,14 @@ def _from_tool(args: argparse.Namespace) -> int:
 @_guard
 def _examples(args: argparse.Namespace) -> int:
     from localpref.data.examples import example_steers
-    from localpref.data.load import write_steers
 
+    _check_outputs([Path(args.output)], [], force=args.force)
     try:
         steers = example_steers(args.split, n=args.n, seed=args.seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {write_steers(steers, args.output)} {args.split} example steers to {args.output}")
+    print(f"wrote {_write(steers, args.output)} {args.split} example steers to {args.output}")
     return 0
 
 
@@ -160,6 +207,12 @@ def _on_error(p: argparse.ArgumentParser, default: str) -> None:
                         f"by reason (default: {default})")
 
 
+def _force(p: argparse.ArgumentParser, what: str = "OUT") -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace {what} when it already holds steers (never an input, nor a file that is not "
+                        f"steer JSONL)")
+
+
 def _add_from_tool(sub: Any) -> None:
     p = sub.add_parser("from-tool", usage="localpref data from-tool TOOL IN [IN ...] OUT [options]", help="front-end save files (tgwui, sillytavern, loom, mikupad) -> steers",
                        description="Read the chat logs, trees or sessions a front end saved and write each "
@@ -172,9 +225,7 @@ def _add_from_tool(sub: Any) -> None:
     p.add_argument("paths", nargs="+", metavar="IN ... OUT",
                    help="save files or folders (searched recursively, 'backups' folders skipped), then the "
                         "steer JSONL to write (a new file, unless --force)")
-    p.add_argument("--force", action="store_true",
-                   help="replace OUT when it already holds steers (never an input, nor a file that is not "
-                        "steer JSONL)")
+    _force(p)
     p.add_argument("--partial", action="store_true",
                    help="chat replies may stop mid-answer: never end the assistant turn (default: a saved "
                         "reply is a whole answer; Loom and mikupad texts never end a turn)")
@@ -197,7 +248,8 @@ def register(subparsers: Any) -> None:
                                    "word level; each difference (hunk) becomes a steer whose prefix is "
                                    "the text before it, and prefix + corrected is a prefix of edited.")
     p.add_argument("input", help="JSONL with prompt (string or chat messages), original, edited[, id, meta]")
-    p.add_argument("output", help="steer JSONL to write")
+    p.add_argument("output", help="steer JSONL to write (a new file, unless --force)")
+    _force(p)
     p.add_argument("--hunks", choices=("first", "all"), default="first",
                    help="first: one steer per row, at the first edit; all: one per edit, each later "
                         "prefix with the earlier edits applied (default: first)")
@@ -209,14 +261,16 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("from-trl", help="TRL-style {prompt, chosen, rejected} rows -> steers")
     p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("output", help="steer JSONL to write (a new file, unless --force)")
+    _force(p)
     p.add_argument("--completions", choices=("full", "partial"), required=True,
                    help="full: chosen/rejected are whole answers (end the turn); partial: they stop mid-answer")
     _on_error(p, "raise")
     p.set_defaults(func=_from_trl)
 
     p = sub.add_parser("from-defacto", help="DeFacto summary corrections -> steers (OUT/{split}.jsonl)")
-    p.add_argument("output", help="folder to write {split}.jsonl into")
+    p.add_argument("output", help="folder to write {split}.jsonl into (new files, unless --force)")
+    _force(p, "OUT/{split}.jsonl")
     p.add_argument("--dir", default=_default_defacto_dir(),
                    help="folder holding DeFacto's {train,val,test}.jsonl (default: $LOCALPREF_SHARED/data/defacto)")
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"])
@@ -227,7 +281,8 @@ def register(subparsers: Any) -> None:
     _add_from_tool(sub)
 
     p = sub.add_parser("examples", help="write the built-in example steers (lists with a checkable rule)")
-    p.add_argument("output")
+    p.add_argument("output", help="steer JSONL to write (a new file, unless --force)")
+    _force(p)
     p.add_argument("--split", choices=("train", "eval"), default="train")
     p.add_argument("--n", type=int, default=None, help="how many (default: 320 train / 80 eval)")
     p.add_argument("--seed", type=int, default=0)
