@@ -324,9 +324,14 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
         numbers[_macro(part, method, "stv")] = cells[0]
         numbers[_macro(part, method, "stvmean")] = cells[0].split(" ")[0]
         numbers[_macro(part, method, "pass")] = cells[2].split(" ")[0]
+        numbers[_macro(part, method, "passci")] = cells[2]
+        numbers[_macro(part, method, "first")] = _mean(_metric(runs, "eval/steer/first_error_unit"))
+        numbers[_macro(part, method, "acc")] = _accuracy(runs)
         numbers[_macro(part, method, "verified")] = cells[1].split(" ")[0]
         numbers[_macro(part, method, "spv")] = _mean(_metric(runs, "eval/steer/steers_per_verified"))
         numbers[_macro(part, method, "capped")] = _capped(runs)
+        taken = [r["data"].get("data/collected/trajectories_taken") for r in runs if method != "base"]
+        numbers[_macro(part, method, "prompts")] = _mean(taken, 0) if taken else "--"  # train prompts the budget paid for
         for what, key in (("spannll", "eval/span/nll"), ("kl", "eval/drift/kl")):
             numbers[_macro(part, method, what)] = _mean(_metric(runs, key))
     seeds = len({r["seed"] for r in final})
@@ -605,12 +610,17 @@ def defacto(summary) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def timing(summary) -> dict[str, str]:
-    rows = [[t["part"], t["stage"], str(t["jobs"]), _fmt(t["seconds"] / 60, 1)]
+    earlier = set(summary["settings"].get("reanalysed", []))
+    name = lambda part: f"{part} (earlier run)" if part in earlier else part  # noqa: E731
+    rows = [[name(t["part"]), t["stage"], str(t["jobs"]), _fmt(t["seconds"] / 60, 1)]
             for t in summary["timing"] if t["part"] != "all" and t["jobs"] and t["stage"] != "pretrain"]
-    rows = [[part, "pretrain (model build)", "1", _fmt(seconds / 60, 1)] for part, seconds in _builds(summary).items()] + rows
+    rows = [[name(part), "pretrain (model build)", "1", _fmt(seconds / 60, 1)]
+            for part, seconds in _builds(summary).items()] + rows
     rows.append(["all", "", "", _fmt(_total_seconds(summary) / 60, 1)])
+    note = (" Parts marked (earlier run) were run by an earlier version and re-analysed, not re-run; the "
+            "total adds their stages to the re-run's." if earlier else "")
     return _table("timing", ["part", "stage", "jobs", "minutes"], rows,
-                  "Wall-clock of each stage on 2 CPU cores (2 worker processes; a tiny model is built by one).")
+                  "Wall-clock of each stage on 2 CPU cores (2 worker processes; a tiny model is built by one)." + note)
 
 
 def _builds(summary) -> dict[str, float]:
