@@ -64,6 +64,7 @@ def test_loss_values_against_hand_derivation(loss_type, kwargs, expected):
     out = preference_loss(PC, PR, *refs_for(loss_type, RC, RR), MC, MR, loss_type=loss_type,
                           **kwargs)
     assert out.losses.shape == (1,) and out.count == 1
+    # fp32 on exactly representable inputs: a few roundings of values <= 1.3 (ulp <= 1.2e-7).
     assert out.losses.item() == pytest.approx(expected, abs=1e-6)
     assert out.sum.item() == pytest.approx(expected, abs=1e-6)
     beta = kwargs["beta"]
@@ -147,6 +148,7 @@ def test_full_span_equals_sequence_level_dpo():
     tl = {k: token_logps(x, yc if k[1] == "c" else yr, completion) for k, x in logits.items()}
     out = preference_loss(tl["pc"], tl["pr"], tl["rc"], tl["rr"], completion, completion,
                           beta=0.3)
+    # float64 on both sides, the same terms summed in another order: ~1e-16 relative of losses ~1.
     torch.testing.assert_close(out.losses, sequence_dpo(logits, yc, yr, completion, 0.3),
                                atol=1e-12, rtol=0)
 
@@ -279,6 +281,8 @@ def test_matches_trl_dpo_trainer_loss(loss_type, kw, aggregation):
     out = preference_loss(pol[:b], pol[b:], ref[:b], ref[b:], mask[:b], mask[b:], beta=0.2,
                           loss_type=loss_type, aggregation=aggregation, **kw)
     ours = out.sum / out.count
+    # float64 log-probs (random_pairs), TRL's formulas and ours: the same sums in another order,
+    # ~1e-16 relative of losses and gradients up to ~1e2 (IPO): atol 1e-10.
     torch.testing.assert_close(ours, trl_loss, atol=1e-10, rtol=0)
     torch.testing.assert_close(torch.autograd.grad(ours, pol)[0],
                                torch.autograd.grad(trl_loss, pol)[0], atol=1e-10, rtol=0)
@@ -364,7 +368,12 @@ def test_micro_batch_accumulation_equals_one_big_batch(loss_type):
         loss_acc += part.detach()
         for a, gpart in zip(acc, torch.autograd.grad(part, [leaves["pc"], leaves["pr"]])):
             a += gpart
+    # fp32: the same 6 pair losses and 11 token log-probs summed in 3 groups instead of one, a few
+    # ulps of a total of 6 to 27 (ulp 4.8e-7 to 1.9e-6): rtol 1e-6 (8 ulps) plus atol 1e-6.
     torch.testing.assert_close(loss_acc, total.detach(), atol=1e-6, rtol=1e-6)
+    # A gradient entry is its own pair's coefficient (the same 1 / global count) times its own row's
+    # softmax: the same fp32 operations in both (each row is in one micro-batch), so equal unless a
+    # kernel takes another vector path for the sliced rows: rtol 1e-5 (~80 ulps), atol 1e-7 near 0.
     for a, gb in zip(acc, g_big):
         torch.testing.assert_close(a, gb, atol=1e-7, rtol=1e-5)
 
@@ -379,8 +388,8 @@ def test_left_and_right_padding_give_identical_results():
         for k in ("c", "r"):
             m = torch.zeros(n, dtype=torch.bool)
             m[n // 2:] = True
-            side[k] = (torch.randn(n, v, generator=g, requires_grad=True),
-                       torch.randn(n, v, generator=g),  # reference logits
+            side[k] = (torch.randn(n, v, generator=g, dtype=torch.float64, requires_grad=True),
+                       torch.randn(n, v, generator=g, dtype=torch.float64),  # reference logits
                        torch.randint(0, v, (n,), generator=g), m)
         seqs.append(side)
     t = max(lengths)
@@ -392,7 +401,7 @@ def test_left_and_right_padding_give_identical_results():
             for side in seqs:
                 pol, ref, lab, m = side[k]
                 pad = t - m.shape[0]
-                junk = torch.full((pad, v), 7.0)  # padding logits: arbitrary, never read
+                junk = torch.full((pad, v), 7.0, dtype=torch.float64)  # padding logits: never read
                 cat = (lambda p, x: torch.cat([p, x] if left else [x, p]))
                 cols["pol"].append(cat(junk, pol)); cols["ref"].append(cat(junk, ref))
                 cols["lab"].append(cat(torch.full((pad,), -100), lab))
@@ -407,9 +416,14 @@ def test_left_and_right_padding_give_identical_results():
 
     loss_l, grads_l = padded(True)
     loss_r, grads_r = padded(False)
-    torch.testing.assert_close(loss_l, loss_r, atol=0, rtol=0)
+    # Not bit for bit: the padding moves a sequence's tokens to other columns of its (b, t) row,
+    # and the vectorized sum over t may then add the same terms in another order (for 3 terms at
+    # different offsets of a row of 8 to 37, in ~6% of rows in fp32). Hence float64 (leaves
+    # above), where that is ~1e-16 relative of log-prob sums ~10 and losses ~1: atol 1e-12. Padding
+    # that leaked into the result would move it by O(1).
+    torch.testing.assert_close(loss_l, loss_r, atol=1e-12, rtol=0)
     for a, b in zip(grads_l, grads_r):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------
