@@ -68,10 +68,14 @@ def test_merging_keeps_older_parts_marked_reanalysed(tmp_path):
     (out / "settings.json").write_text(json.dumps({"quick": False, "parts": {"q": {"steer_budget": 4}}}))
     (out / "timing.jsonl").write_text(json.dumps({"part": "q", "stage": "base", "jobs": 1, "seconds": 6.0}) + "\n")
     (out / "q" / "runs.txt").write_text("")
+    (out / "p").mkdir()  # the folder was handed p's chosen variant (q takes it from p): not p's results
+    (out / "p" / "variant.json").write_text(json.dumps({"chosen": "mean", "by": "given"}))
     old = summary([run("localized", 0, [[1, 1]])])
     old["timing"] = [{"part": "p", "stage": "final", "jobs": 1, "seconds": 60.0}]
+    old["choices"] = {"p": {"model": {"parameters": 1}, "variant": {"chosen": "mean", "by": "val"}}}
     merged = analyze.summarize([out], old)
     assert list(merged["settings"]["parts"]) == ["p", "q"] and merged["settings"]["reanalysed"] == ["p"]
+    assert merged["choices"] == old["choices"]
     assert [r["part"] for r in merged["runs"]] == ["p"] and len(merged["timing"]) == 2
 
 

@@ -83,8 +83,9 @@ def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict
     for m in merged:
         summary["settings"]["parts"].update(m["settings"]["parts"])
         summary["runs"] += m["runs"]
-        summary["collections"].update(m["collections"])
-        summary["choices"].update(m["choices"])
+        mine = m["settings"]["parts"]  # a folder's files of other parts (e.g. a variant.json it was given) are not its own
+        summary["collections"].update({p: v for p, v in m["collections"].items() if p in mine})
+        summary["choices"].update({p: v for p, v in m["choices"].items() if p in mine})
         summary["timing"] += [t for t in m["timing"] if t["part"] != "all"]
     order = list(summary["settings"]["parts"])
     summary["settings"]["parts"] = {p: summary["settings"]["parts"][p] for p in sorted(order, key=_PART_ORDER)}
@@ -683,9 +684,14 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in sorted(files.items()):
         (out / name).write_text(text)
+    figures = []
     for name in [n for n in files if n.startswith("curves_")]:
         part = name.removeprefix("curves_").removesuffix(".csv")
-        plot_curves(files[name], out / f"curves_{part}.pdf", f"{part}: held-out steering vs annotation cost")
+        figures.append(f"curves_{part}.pdf")
+        plot_curves(files[name], out / figures[-1], f"{part}: held-out steering vs annotation cost")
+    for stale in out.iterdir():  # a table an older summary wrote and this one does not: gone, not left stale
+        if stale.suffix in (".tex", ".md", ".csv", ".pdf") and stale.name not in files and stale.name not in figures:
+            stale.unlink()
     return sorted(files)
 
 
