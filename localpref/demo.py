@@ -7,8 +7,8 @@ with its tiny task model (``localpref.tasks.pretrain``, built once and cached):
    wrong item, corrected by the family's program, resumed (``localpref.steering``), and, the same
    way, held-out steers on val prompts for the preference metrics;
 2. train the localized loss on the train steers (``conf/experiment/demo.yaml``);
-3. before and after training: greedy steering on held-out prompts (pass rate without steers,
-   steers needed per verified output, share verified within the budget, 95% intervals) and the
+3. before and after training: greedy steering on held-out prompts (steers to verify, pass rate
+   without steers, share verified within the budget, 95% intervals) and the
    preference metrics on the held-out steers.
 
 Writes ``collect/``, ``metrics.jsonl``, ``config.yaml``, ``steer_eval.jsonl`` (the final

@@ -197,6 +197,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list, texts: list[str], 
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1].float()  # (n, v)
     results = [PassResult(texts[k], False, False, 0, len(ids[k])) for k in range(n)]
+    # As TurnWriter: a row whose context is full stops (exhausted), it does not run past the positions.
+    max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
     active = list(range(n))  # rows still in the batch, in cache order
     for step in range(max_new_tokens):
         tokens, keep = [], []
@@ -209,6 +211,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list, texts: list[str], 
             ids[k].append(token)
             results[k].text = decode(ids[k])[skips[k]:]
             if stop is not None and stop(k, results[k].text):
+                continue
+            if len(ids[k]) >= max_context:
+                results[k].exhausted = True
                 continue
             tokens.append(token)
             keep.append(j)

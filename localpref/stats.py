@@ -157,7 +157,7 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]
     if any(math.isinf(d) or math.isnan(d) for d in diffs):
         raise ValueError(f"paired differences must be finite, got {diffs}")
     m, sd = mean_std(diffs)
-    if sd == 0:
+    if sd <= 1e-12 * max(1.0, abs(m)):  # equal up to rounding (0.1 - 0 three times has sd ~1e-17)
         return m, 1.0 if m == 0 else min(1.0, 2 * 0.5 ** len(diffs))
     t = m / (sd / math.sqrt(len(diffs)))
     return m, _t_sf_two_sided(t, len(diffs) - 1)

@@ -4,7 +4,9 @@ For one task (a prompt of a ``localpref.tasks`` family) and a model:
 
 1. The model writes its answer (``TurnWriter``). The first pass runs to the end of the turn: that
    unsteered answer is recorded (``meta.original``), scored (pass without steers, position of the
-   first error) and is what "DPO on (model output, rewrite)" uses.
+   first error) and is what "DPO on (model output, rewrite)" uses. (If a pass runs out of tokens
+   with a complete unit already wrong, the loop steers there at once: ``meta.original`` is then
+   cut, ``original_ended`` false, and ``data.collected`` makes no rewrite of it, counted as unused.)
 2. While the answer is wrong and fewer than ``budget`` steers were spent: find the first wrong
    unit (``family.first_error``), take what the model wrote from there to where it would have been
    stopped (``Unit.stop``: the unit and the character that completed it) as ``rejected``, the right
@@ -300,7 +302,10 @@ def _check_same_settings(path: Path, records: Iterable[dict[str, Any]], settings
     want = {**defaults, **settings}
     want["max_task_tokens"] = _task_tokens(want["max_new_tokens"], want["max_task_tokens"])
     for record in records:
-        differ = {k: (record["meta"].get(k), v) for k, v in want.items() if record["meta"].get(k, v) != v}
+        # A missing key is a default of the writer of its day, except max_task_tokens: a record
+        # without it ended its task when a pass ran out of tokens (the earlier loop), never the same.
+        had = {k: record["meta"].get(k, None if k == "max_task_tokens" else v) for k, v in want.items()}
+        differ = {k: (had[k], v) for k, v in want.items() if had[k] != v}
         if differ:
             raise ValueError(f"{path} holds trajectories made with other settings ({record['id']}: "
                              + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())

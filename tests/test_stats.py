@@ -34,6 +34,7 @@ def test_constant_paired_differences_are_not_significant_by_fiat():
     # 2 * 0.5^3 = 0.25 (it was 0.0 before); four: 0.125; all zero: 1.
     assert paired_t_test([4.04, 4.04, 4.04], [4.0, 4.0, 4.0]) == pytest.approx((0.04, 0.25))
     assert paired_t_test([1.0] * 4, [0.0] * 4)[1] == pytest.approx(0.125)
+    assert paired_t_test([0.1] * 3, [0.0] * 3)[1] == pytest.approx(0.25)  # equal up to rounding, not p ~ 1e-32
     assert paired_t_test([1.0, 2.0], [1.0, 2.0]) == (0.0, 1.0)
     with pytest.raises(ValueError, match="finite"):
         paired_t_test([math.inf, 1.0], [1.0, 1.0])

@@ -269,6 +269,13 @@ def test_resuming_with_other_settings_is_an_error(smollm2_tokenizer, tmp_path):
     run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=2, show_progress=False)
     with pytest.raises(ValueError, match="other settings .*budget 2 there, 3 now"):
         run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=3, show_progress=False)
+    # a file of the earlier loop (no max_task_tokens: a pass out of tokens ended the task) is not resumed
+    old = [json.loads(line) for line in out.read_text().splitlines()]
+    for r in old:
+        del r["meta"]["max_task_tokens"]
+    out.write_text("".join(json.dumps(r) + "\n" for r in old))
+    with pytest.raises(ValueError, match="max_task_tokens None there, 512 now"):
+        run_tasks(model, smollm2_tokenizer, LISTS, [PRIMES], out=out, budget=2, show_progress=False)
 
 
 @pytest.mark.parametrize("setting, value, message", [

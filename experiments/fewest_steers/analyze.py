@@ -235,16 +235,32 @@ def _matrix_mean(matrix: list[list[tuple]], col: int):
     return stat
 
 
+def _same_prompts(*matrices: list[list[tuple]]) -> None:
+    sizes = {len(row) for m in matrices for row in m}
+    if len(sizes) != 1:  # runs that steered other prompts (or a torn file) cannot be paired by position
+        raise ValueError(f"runs of one comparison steered different numbers of prompts: {sorted(sizes)}")
+
+
 def steering_ci(matrix: list[list[tuple]], col: int) -> tuple[float, float, float]:
-    """(mean, lo, hi) of a steering figure over seeds x prompts, two-way bootstrap (``localpref.stats``)."""
+    """(mean, lo, hi) of a steering figure over seeds x prompts, two-way bootstrap (``localpref.stats``).
+    A rate whose outcomes are all equal (a pass rate of 0 everywhere) gives every resample the same
+    value, a zero-width interval that hides how few prompts were seen: then the Wilson interval of
+    all seeds' prompts pooled is given instead."""
+    _same_prompts(matrix)
     stat = _matrix_mean(matrix, col)
     every = list(range(len(matrix[0])))
+    mean = stat(list(range(len(matrix))), every)
+    values = {row[col] for m in matrix for row in m}
+    if col != STV and len(values) == 1:
+        n = len(matrix) * len(every)
+        return (mean, *pooled_wilson_interval([round(mean * n)], [n]))
     lo, hi = crossed_bootstrap_interval(stat, len(matrix), len(every))
-    return stat(list(range(len(matrix))), every), lo, hi
+    return mean, lo, hi
 
 
 def paired_ci(a: list[list[tuple]], b: list[list[tuple]], col: int) -> tuple[float, float, float]:
     """(mean, lo, hi) of a - b, paired over seeds (position) and prompts: the same resample for both."""
+    _same_prompts(a, b)
     sa, sb = _matrix_mean(a, col), _matrix_mean(b, col)
     stat = lambda si, pi: sa(si, pi) - sb(si, pi)  # noqa: E731
     every = list(range(len(a[0])))
