@@ -28,6 +28,8 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from localpref.losses import LOSS_TYPES
+
 
 @dataclass
 class ModelConfig:
@@ -85,12 +87,13 @@ class DataConfig:
 class LossConfig:
     objective: str = "preference"  # "sft" (NLL of chosen tokens) | "preference" (DPO-style log-ratio loss)
     mask: str = "span"  # tokens scored: "span" (localized) | "completion" (the whole assistant completion)
-    loss_type: str = "sigmoid"  # preference loss family, see localpref.losses.preference_loss
+    loss_type: str = "sigmoid"  # preference loss family, one of localpref.losses.LOSS_TYPES
     beta: float = 0.1  # inverse temperature of the implicit reward
     aggregation: str = "sum"  # how token log-ratios combine into a pair's reward: "sum" | "mean"
     label_smoothing: float = 0.0  # conservative DPO: assumed probability that a label is flipped
     ipo_tau: Optional[float] = None  # IPO's tau (loss_type=ipo); None: beta
     simpo_gamma: float = 0.5  # SimPO's target margin (loss_type=simpo)
+    dpop_lambda: float = 50.0  # DPOP's weight on a negative chosen log-ratio (loss_type=dpop); 0: DPO
     sft_weight: float = 0.0  # weight of an NLL anchor on the chosen tokens added to each pair's loss
 
 
@@ -191,6 +194,7 @@ _CHOICES = {
     "data.shuffle": (None, "pairs", "trajectories"),
     "loss.objective": ("sft", "preference"),
     "loss.mask": ("span", "completion"),
+    "loss.loss_type": LOSS_TYPES,
     "loss.aggregation": ("sum", "mean"),
     "reference.kind": ("copy", "adapter_disabled", "precomputed"),
     "peft.kind": ("none", "lora"),
@@ -253,6 +257,8 @@ def validate(cfg: TrainConfig, families: Sequence[str] | None = None) -> None:
     if cfg.data.layout == "trees" and cfg.data.shuffle == "pairs":
         raise ValueError("data.layout=trees needs data.shuffle=trajectories (or null): shuffled one by one, "
                          "a trajectory's steers land in different steps and cannot share a row")
+    if cfg.loss.dpop_lambda < 0:
+        raise ValueError(f"loss.dpop_lambda={cfg.loss.dpop_lambda} must be >= 0")
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
         raise ValueError("reference=adapter_disabled needs peft=lora (there are no adapters to disable)")
     t = cfg.trainer

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossType = Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "simpo"]
+LossType = Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "simpo", "dpop", "cal_dpo"]
 Aggregation = Literal["sum", "mean"]
 
-LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "apo_zero", "simpo")
+LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "apo_zero", "simpo", "dpop",
+                               "cal_dpo")
 REFERENCE_FREE: frozenset[str] = frozenset({"simpo"})
 
 
@@ -116,6 +117,7 @@ def preference_loss(
     label_smoothing: float = 0.0,
     ipo_tau: float | None = None,
     simpo_gamma: float = 0.5,
+    dpop_lambda: float = 50.0,
     sft_weight: float = 0.0,
     policy_chosen_nll_mask: Tensor | None = None,
 ) -> PreferenceOutput:
@@ -128,13 +130,17 @@ def preference_loss(
         chosen_mask, rejected_mask: (b, t) bool; the divergence span (localized loss) or the
             whole completion (sequence-level DPO). The two sides may have different ``t``.
         beta: inverse temperature of the implicit reward (DPO's beta; SimPO's beta).
-        loss_type: "sigmoid" | "ipo" | "hinge" | "robust" | "apo_zero" | "simpo" (see below).
+        loss_type: "sigmoid" | "ipo" | "hinge" | "robust" | "apo_zero" | "simpo" | "dpop" |
+            "cal_dpo" (equations below; Cal-DPO's sigmoid takes h without beta, whose only role
+            there is the calibration target 1 / (2 beta)).
         aggregation: "sum" (default, the papers' sequence log-probs) or "mean" (per pair, the
             average over its span tokens: length normalization).
         label_smoothing: epsilon, the assumed rate of flipped labels: conservative DPO when
             used with "sigmoid", robust DPO with "robust" (must be in [0, 0.5) there).
         ipo_tau: IPO's tau; None means ``beta`` (as in TRL).
         simpo_gamma: SimPO's target reward margin gamma.
+        dpop_lambda: DPOP's lambda, the weight of the penalty on a negative chosen log-ratio
+            (>= 0; 0 is DPO). 50 is the Smaug paper's value.
         sft_weight: weight alpha of an SFT anchor added to each pair's loss (RPO, see below).
         policy_chosen_nll_mask: (b, t) bool tokens of the anchor; None means ``chosen_mask``
             (pass the whole corrected completion's mask to anchor on all of it).
@@ -202,6 +208,29 @@ def preference_loss(
         # arXiv:2408.06266) eq. 7: push the chosen log-ratio up and the rejected one down,
         # each anchored at zero:  L = (1 - sigma(beta * r_w)) + sigma(beta * r_l).
         losses = (1 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
+    elif loss_type == "dpop":
+        # DPO-Positive, Pal et al. 2024 ("Smaug", arXiv:2402.13228), Sec. 3: DPO with a penalty
+        # once the chosen log-ratio is negative (the chosen span got LESS likely than under the
+        # reference, which DPO allows as long as the rejected one falls faster):
+        #   L = -log sigma(beta * (h - lambda * max(0, -log_ratio_w))).
+        # lambda = 0 is DPO; while log_ratio_w >= 0 the two are equal.
+        if dpop_lambda < 0:
+            raise ValueError(f"loss_type='dpop' needs dpop_lambda >= 0, got {dpop_lambda}")
+        losses = -F.logsigmoid(beta * (h - dpop_lambda * torch.relu(-chosen_logratios)))
+    elif loss_type == "cal_dpo":
+        # Cal-DPO, Xiao et al. 2024 (arXiv:2412.14516), Sec. 4: a contrastive term plus a squared
+        # calibration of each log-ratio to r / beta for the rewards r = +1/2 (chosen), -1/2
+        # (rejected), so the chosen log-ratio is pulled UP even once the margin is won:
+        #   L = -log sigma(h) + (log_ratio_w - 1/(2 beta))^2 + (log_ratio_l + 1/(2 beta))^2.
+        # beta is NOT inside the sigmoid, unlike DPO: so in both of the authors' code releases
+        # (github.com/Cal-DPO/Cal-DPO, Pythia-2.8b-exp/trainers.py, shift=0.5; and
+        # github.com/tengxiao1/Cal-DPO, scripts/dpo_trainer.py). The Pythia release weighs the
+        # calibration by 1, as here; the tengxiao1 release by 0.5. Doubt: we read the paper's
+        # equation only through those releases. With aggregation="mean" the targets +-1/(2 beta)
+        # apply to per-token log-ratios, not the paper's sequence sums: scale beta accordingly.
+        target = 1 / (2 * beta)
+        losses = (-F.logsigmoid(h) + (chosen_logratios - target) ** 2
+                  + (rejected_logratios + target) ** 2)
     else:  # "simpo"
         # SimPO, Meng et al. 2024 (arXiv:2405.14734) eq. 6, reference-free with margin gamma:
         #   L = -log sigma(beta * (pi_w - pi_l) - gamma),

@@ -141,7 +141,8 @@ def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.T
     out = preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                           chosen_mask, rejected_mask, beta=cfg.beta, loss_type=cfg.loss_type,
                           aggregation=cfg.aggregation, label_smoothing=cfg.label_smoothing,
-                          ipo_tau=cfg.ipo_tau, simpo_gamma=cfg.simpo_gamma, sft_weight=cfg.sft_weight)
+                          ipo_tau=cfg.ipo_tau, simpo_gamma=cfg.simpo_gamma, dpop_lambda=cfg.dpop_lambda,
+                          sft_weight=cfg.sft_weight)
     # preference_metrics gives batch means; times the pair count they sum across micro-batches.
     metrics = {k: v * out.count for k, v in preference_metrics(out).items()}
     return out.sum, metrics

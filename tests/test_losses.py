@@ -56,6 +56,12 @@ HAND = [
     # SimPO, mean aggregation: pi_w = -3/2, pi_l = -4/2, beta (pi_w - pi_l) - gamma = 2*0.5 - 0.5
     ("simpo", dict(beta=2.0, simpo_gamma=0.5, aggregation="mean"), -math.log(sig(0.5))),
     ("simpo", dict(beta=0.5, simpo_gamma=0.0), -math.log(sig(0.5 * 1.0))),  # sums: -3 - (-4)
+    # DPOP: r_w = +1 >= 0, so no penalty: DPO's -log sigma(0.5 * 2) whatever lambda.
+    ("dpop", dict(beta=0.5, dpop_lambda=50.0), -math.log(sig(1.0))),
+    # Cal-DPO: -log sigma(h) + (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2, no beta in the sigmoid.
+    ("cal_dpo", dict(beta=0.5), -math.log(sig(2.0)) + (1 - 1) ** 2 + (-1 + 1) ** 2),  # targets met
+    ("cal_dpo", dict(beta=0.25), -math.log(sig(2.0)) + (1 - 2) ** 2 + (-1 + 2) ** 2),
+    ("cal_dpo", dict(beta=1.0, aggregation="mean"), -math.log(sig(1.0)) + 0.0 + 0.0),  # +-0.5 met
 ]
 
 
