@@ -101,6 +101,10 @@ class LossConfig:
 class ReferenceConfig:
     kind: str = "copy"  # "copy" (frozen copy of the initial model) | "adapter_disabled" (LoRA off) | "precomputed"
     batch_size: int = 8  # pairs per forward when precomputing reference log-probs
+    # precomputed only: evaluation scores the held-out pairs with the reference model itself, so
+    # eval/drift/kl is reported (with LoRA the model is the policy, adapters off: free; a frozen
+    # copy is kept in memory). false: held-out log-probs come from a table too, and no drift/kl.
+    eval_with_model: bool = False
 
 
 @dataclass
@@ -125,7 +129,8 @@ class TrainerConfig:
     micro_batch_size: int = 4  # pairs per forward on each process
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = micro * accum * world)
     max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm (None: no clipping)
-    precision: str = "fp32"  # autocast: "fp32" | "bf16"
+    precision: str = "auto"  # autocast: "fp32" | "bf16" | "auto" (bf16 where the device runs it natively: localpref.hardware)
+    cpu_allocator: str = "auto"  # CPU: "keep" (glibc's default) | "release" (freed memory back to the OS at once) | "auto" (keep)
     span_only_lm_head: bool = True  # project only scored rows through lm_head when exact (TokenScorer)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
     strategy: str = "ddp"  # under torchrun: "ddp" | "fsdp" (FSDP2, sharded checkpoints); CPU (gloo) or GPU
@@ -200,7 +205,8 @@ _CHOICES = {
     "peft.kind": ("none", "lora"),
     "trainer.optimizer": ("adamw", "sgd"),
     "trainer.schedule": ("constant", "linear", "cosine"),
-    "trainer.precision": ("fp32", "bf16"),
+    "trainer.precision": ("auto", "fp32", "bf16"),
+    "trainer.cpu_allocator": ("auto", "keep", "release"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.strategy": ("ddp", "fsdp"),
     "logger.wandb": ("online", "offline", "disabled"),

@@ -350,28 +350,31 @@ def collate_packed(examples: Sequence, indices: Sequence[int], pad_id: int, *, l
                 pair_reads[k, side] = (len(rows), row.paths[n * len(sides) + s])
         rows.append(row)
     t = max(len(row.ids) for row in rows)
-    input_ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), t), dtype=torch.long)
-    end = torch.arange(1, t + 1).repeat(len(rows), 1)  # padding sees only itself
-    for r, row in enumerate(rows):
-        n = len(row.ids)
-        input_ids[r, :n] = torch.tensor(row.ids)
-        position_ids[r, :n] = torch.tensor(row.positions)
-        end[r, :n] = torch.tensor(row.end)
+    # Built as Python lists and turned into tensors once (a tensor per row and pair cost more than
+    # the tiny models' forward).
+    pad = lambda values, fill: [list(v) + [fill] * (t - len(v)) for v in values]  # noqa: E731
+    input_ids = torch.tensor(pad([row.ids for row in rows], pad_id), dtype=torch.long).view(len(rows), t)
+    position_ids = torch.tensor(pad([row.positions for row in rows], 0), dtype=torch.long).view(len(rows), t)
+    end = torch.tensor([row.end + list(range(len(row.ids) + 1, t + 1)) for row in rows],  # padding sees itself
+                       dtype=torch.long).view(len(rows), t)
 
     b = len(examples)
     w = max(len(getattr(e, f"{side}_ids")) for e in examples for side in ("chosen", "rejected"))
-    index = {side: torch.full((b, w), -1, dtype=torch.long) for side in ("chosen", "rejected")}
-    span = torch.zeros((2, b, w), dtype=torch.bool)
-    completion = torch.zeros((2, b, w), dtype=torch.bool)
+    index = {side: [[-1] * w for _ in range(b)] for side in ("chosen", "rejected")}
+    span = [[[False] * w for _ in range(b)] for _ in range(2)]
+    completion = [[[False] * w for _ in range(b)] for _ in range(2)]
     for k, e in enumerate(examples):
         for s, side in enumerate(("chosen", "rejected")):
             if side not in sides:
                 continue
             r, path = pair_reads[k, side]
-            index[side][k, :len(path)] = r * t + torch.tensor(path)
-            span[s, k, :len(path)] = torch.tensor(getattr(e, f"{side}_span_mask"), dtype=torch.bool)
-            completion[s, k, :len(path)] = torch.tensor(getattr(e, f"{side}_completion_mask"), dtype=torch.bool)
+            n = len(path)
+            index[side][k][:n] = [r * t + q for q in path]
+            span[s][k][:n] = getattr(e, f"{side}_span_mask")
+            completion[s][k][:n] = getattr(e, f"{side}_completion_mask")
+    index = {side: torch.tensor(v, dtype=torch.long).view(b, w) for side, v in index.items()}
+    span = torch.tensor(span, dtype=torch.bool).view(2, b, w)
+    completion = torch.tensor(completion, dtype=torch.bool).view(2, b, w)
     # Position 0 has no logits before it; a mask there would be a tokenizer bug, not a choice.
     if span[..., 0].any() or completion[..., 0].any():
         raise ValueError("a mask marks position 0, which no logit can score")

@@ -324,7 +324,9 @@ class PrecomputedReference:
     """Reference log-probs looked up from a cache of the span/completion tokens of every pair.
 
     For pair ``i`` the cache holds ``chosen/i`` and ``rejected/i``: 1-D float32 log-probs of the
-    tokens at the positions where span | completion mask is True, in position order.
+    tokens at the positions where span | completion mask is True, in position order. It is built
+    on the pairs as tokenized, so the runs of a sweep share it whatever their loss's mask; a pair
+    that training cut after its last scored token (``drop_unread_tail``) reads the leading ones.
     """
 
     def __init__(self, table: dict[str, Tensor]):
@@ -338,7 +340,14 @@ class PrecomputedReference:
             stored = span | completion  # (b, t) the positions the cache holds, in order
             logps = torch.zeros(stored.shape, dtype=torch.float32)
             for row, i in enumerate(batch.index.tolist()):
-                logps[row, stored[row].cpu()] = self.table[f"{side}/{i}"]
+                # Training may run a pair cut after its last scored token (drop_unread_tail): its
+                # stored positions are then the first ones of the table's, in position order.
+                where = stored[row].cpu()
+                values = self.table[f"{side}/{i}"]
+                if int(where.sum()) > values.numel():
+                    raise ValueError(f"the reference table holds {values.numel()} {side} log-probs of pair {i}, "
+                                     f"the batch asks for {int(where.sum())}: table and data do not match")
+                logps[row, where] = values[:int(where.sum())]
             out.append(logps.to(kind_mask.device) * kind_mask)
         return out[0], out[1]
 

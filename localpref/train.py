@@ -30,6 +30,7 @@ from localpref.distributed import (all_reduce_sum, gather_full_state_dict, gathe
 from localpref.evaluate import evaluate, load_hook
 from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
+from localpref.hardware import resolve_cpu_allocator, resolve_precision
 from localpref.memory import return_freed_memory
 from localpref.models import build_model
 from localpref.packing import check_packed_attention, collate, epoch_order, micro_batches
@@ -98,7 +99,12 @@ def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
 def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.Optimizer, Any]:
     """The optimizer and a LambdaLR of linear warmup then constant / linear / cosine decay to 0."""
     if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        # The fused kernel (one pass over all parameters; CPU and CUDA) does AdamW's arithmetic in
+        # one loop per tensor: 3.5x faster than the per-tensor default on a tiny model's 1.1M
+        # parameters on CPU (2.7 -> 0.8 ms a step). Sharded (DTensor) parameters keep the default.
+        fused = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                fused=fused or None)
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr)
 
@@ -180,12 +186,13 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     model.to(procs.device)
     if cfg.data.layout != "unpacked":
         check_packed_attention(model)  # an untested model family fails here, not at the first forward
-    if procs.device.type == "cpu":
+    precision = resolve_precision(t.precision, procs.device)  # auto: by what the hardware does
+    if procs.device.type == "cpu" and resolve_cpu_allocator(t.cpu_allocator) == "release":
         return_freed_memory()  # freed activations leave the resident set (see localpref.memory)
     train_steers, eval_steers, load_counts = load_data(cfg.data)
     tok = dict(span=cfg.data.span, max_length=cfg.data.max_length, context_after=cfg.data.context_after,
                min_match=cfg.data.min_match, on_error=cfg.data.on_error)
-    from localpref.data.tokenize import tokenize_steers
+    from localpref.data.tokenize import drop_unread_tail, tokenize_steers
 
     train_set, train_skipped = tokenize_steers(train_steers, tokenizer, **tok)
     eval_set, eval_skipped = tokenize_steers(eval_steers, tokenizer, **{**tok, "span": cfg.data.eval_span or cfg.data.span})
@@ -193,6 +200,11 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
                   **{f"data/{k}": v for k, v in load_counts.items()},
                   **{f"data/skipped/{k}": v + load_counts.get(f"skipped/{k}", 0) for k, v in train_skipped.items()},
                   **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}, **span_stats(train_set)}
+    # Training runs no token after the last one its loss reads (hunk mode: the tail after each
+    # side's span); the statistics above describe the steers as tokenized. Evaluation keeps them.
+    data_stats["trainer/precision"] = precision  # what trainer.precision=auto chose on this machine
+    # (A precomputed reference table is built on the whole pairs, so a sweep over masks shares it.)
+    whole_train_set, train_set = train_set, [drop_unread_tail(e, cfg.loss.mask) for e in train_set]
     global_batch = t.micro_batch_size * t.grad_accum * procs.world
     if len(train_set) < global_batch:
         raise ValueError(f"{len(train_set)} training pairs after tokenization, fewer than one global batch "
@@ -207,7 +219,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
 
     # Made before any checkpoint is loaded: the reference is the initial model. Precomputed log-probs
     # come from the LoRA base (adapters off) or from a temporary frozen copy.
-    scorer = TokenScorer(model, t.precision, t.span_only_lm_head)
+    scorer = TokenScorer(model, precision, t.span_only_lm_head)
     source = cfg.reference.kind
     if source == "precomputed":
         source = "adapter_disabled" if cfg.peft.kind == "lora" else "copy"
@@ -216,11 +228,14 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
     if cfg.reference.kind == "precomputed":
         build = dict(batch_size=cfg.reference.batch_size, device=procs.device, layout=cfg.data.layout)
         with progress("reference", len(train_set), "pairs") as bar:
-            train_ref, cache = PrecomputedReference.build(model_ref, train_set, pad_id, **build, progress=bar)
-        with progress("reference", len(eval_set), "pairs") as bar:
-            eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build, progress=bar)
+            train_ref, cache = PrecomputedReference.build(model_ref, whole_train_set, pad_id, **build, progress=bar)
+        if cfg.reference.eval_with_model:
+            eval_ref = model_ref  # held-out KL needs the reference's distributions, not a table
+        else:
+            with progress("reference", len(eval_set), "pairs") as bar:
+                eval_ref, _ = PrecomputedReference.build(model_ref, eval_set, pad_id, **build, progress=bar)
         data_stats["data/reference_cache"] = str(cache)
-        del model_ref  # the frozen copy (if any) is freed; with LoRA it was the policy itself
+        del model_ref  # the frozen copy (if eval does not keep it) is freed; with LoRA it is the policy
 
     policy = wrap_for_processes(scorer, procs, t.strategy)  # FSDP2 shards `scorer` in place
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -520,3 +520,49 @@ def test_epoch_order_keeps_trajectories_together_only_when_asked():
             runs.append(records[grouped[start]])
             start = end
     assert sorted(map(str, runs)) == sorted(map(str, [("prompt", "traj0"), ("prompt", "traj1"), None, None]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training runs no token that no loss reads
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["unpacked", "pairs", "trees"])
+def test_dropping_the_tokens_after_the_span_changes_no_loss_and_no_gradient(layout):
+    from localpref.data.tokenize import drop_unread_tail
+
+    model = tiny()
+    policy, reference = TokenScorer(model), TokenScorer(copy.deepcopy(model).eval())
+    examples = random_steers(256)
+    cut = [drop_unread_tail(e, "span") for e in examples]
+    # hand_steer's spans are the first 2 chosen / 1 rejected tokens after the prefix: the rest goes
+    for e, c in zip(examples, cut):
+        start = e.prefix_len
+        assert (len(c.chosen_ids), len(c.rejected_ids)) == (start + 2, start + 1)
+        assert c.chosen_ids == e.chosen_ids[:start + 2] and c.rejected_ids == e.rejected_ids[:start + 1]
+        assert sum(c.chosen_span_mask) == sum(e.chosen_span_mask) == 2
+        assert drop_unread_tail(e, "completion") is e  # a completion mask runs to the end
+    full, cut_batch = batch_in(layout, examples), batch_in(layout, cut)
+    assert cut_batch.num_tokens < full.num_tokens
+    want, want_grads = step(policy, reference, full, "span")
+    got, got_grads = step(policy, reference, cut_batch, "span")
+    for key in want:  # (b, w) tensors: the cut batch is narrower, and 0 where the full one is past the span
+        w = got[key].shape[-1] if got[key].ndim > 1 else None
+        torch.testing.assert_close(got[key], want[key][..., :w] if w else want[key], **TOL, msg=key)
+        if w:
+            assert not want[key][..., w:].any(), key
+    assert got_grads.keys() == want_grads.keys()
+    for name, want_grad in want_grads.items():
+        err = (got_grads[name] - want_grad).abs().max().item()
+        assert err <= GRAD_TOL * want_grad.abs().max().item(), f"{layout} {name}: {err}"
+
+
+def test_a_side_with_nothing_marked_keeps_the_shared_prefix():
+    from localpref.data.tokenize import drop_unread_tail
+
+    e = hand_steer([5, 6, 7], [8, 9], [10, 11, 12], [13, 14], None)
+    e.rejected_span_mask[:] = [False] * len(e.rejected_ids)  # an insertion: no rejected token scored
+    c = drop_unread_tail(e, "span")
+    assert c.rejected_ids == [5, 6, 7, 8, 9] and c.chosen_ids == [5, 6, 7, 8, 9, 10, 11]
+    with pytest.raises(ValueError, match="mask must be"):
+        drop_unread_tail(e, "hunk")

@@ -65,7 +65,7 @@ no competing token at the divergence), ``divergence_in_prompt`` and ``span_at_st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from localpref.data.errors import OnError, SkipCounter, SteerError
@@ -316,6 +316,31 @@ def tokenize_steer(steer: Steer, tokenizer: Any, *, span: str = "hunk", max_leng
                       min_match=min_match, bos_token_id=tokenizer.bos_token_id)
     except SteerError as err:
         raise _located(err, steer) from None
+
+
+def drop_unread_tail(steer: TokenizedSteer, mask: str) -> TokenizedSteer:
+    """``steer`` with each side cut just after the last token ``mask`` ("span" | "completion") marks.
+
+    A loss on ``mask`` reads the log-probs of the marked tokens only, and under causal attention a
+    token's log-prob depends on the tokens before it alone, so the tokens after a side's last marked
+    one change no loss value and no gradient: training need not run them. In ``hunk`` mode that is
+    the shared tail after each side's hunk (the rest of a DeFacto summary after the edit, the
+    comma after a corrected list item); ``continuation`` spans and ``completion`` masks run to the
+    end, so nothing is cut there. A side with nothing marked (the empty rejected span of an
+    insertion) keeps the shared prefix, so a packed layout still shares it. Evaluation keeps whole
+    sequences: its drift metrics read the completion.
+    """
+    if mask not in ("span", "completion"):
+        raise ValueError(f"mask must be 'span' or 'completion', got {mask!r}")
+    cut = {}
+    for side in ("chosen", "rejected"):
+        marked = getattr(steer, f"{side}_{mask}_mask")
+        last = max((i for i, m in enumerate(marked) if m), default=-1)
+        cut[side] = min(len(marked), max(last + 1, steer.prefix_len, 1))
+    if all(cut[side] == len(getattr(steer, f"{side}_ids")) for side in cut):
+        return steer
+    return replace(steer, **{f"{side}_{part}": getattr(steer, f"{side}_{part}")[:cut[side]]
+                             for side in cut for part in ("ids", "span_mask", "completion_mask")})
 
 
 def _located(err: SteerError, steer: Steer) -> SteerError:
