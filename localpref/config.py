@@ -37,6 +37,7 @@ class ModelConfig:
     # | "tiny_task" (the pretrained tiny model of task family `family`, localpref.tasks.pretrain)
     path: Optional[str] = None  # local HF model folder (source=local); must hold config + weights
     family: Optional[str] = None  # task family of a tiny task model (source=tiny_task): lists | arith
+    errors: str = "random"  # source=tiny_task: how its pretraining answers err, random | systematic | mixed
     tokenizer: Optional[str] = None  # tokenizer folder, or "smollm2"; None: the model's own folder
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off: never execute code shipped with a model folder
@@ -189,6 +190,7 @@ class TrainConfig:
 _CHOICES = {
     "model.source": ("tiny", "smollm2", "local", "tiny_task"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.errors": ("random", "systematic", "mixed"),  # localpref.tasks.base.ERRORS (no import: a ground floor)
     "data.source": ("examples", "jsonl", "defacto", "collected"),
     "data.form": ("steers", "rewrites"),
     "steer_eval.split": ("pretrain", "train", "val", "heldout"),

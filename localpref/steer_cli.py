@@ -6,9 +6,11 @@ how many steers a model needs, and serve the page where a person steers (``local
     localpref steer eval --family lists --model tiny --split heldout --n 100 --budget 4 \\
         --report report.json                               # greedy unless --temperature
     localpref steer pretrain --family arith                 # build the cached tiny task model
+    localpref steer pretrain --family arith --errors systematic --profile 200  # ... and its greedy errors
     localpref steer serve --model smollm2 --out steers.jsonl  # a local page to steer by hand
 
-``--model`` is ``tiny`` (the family's tiny task model, built on first use), ``smollm2``
+``--model`` is ``tiny`` (the family's tiny task model, built on first use; ``--errors`` says which:
+pretrained on random, systematic or mixed errors, ``localpref.tasks.base``), ``smollm2``
 (SmolLM2-135M-Instruct), a Hugging Face model folder, or a training run directory (its
 ``export/``). ``--adapter`` loads a LoRA adapter folder on top (``trainer.export`` with
 ``peft.merge_on_export=false`` writes one).
@@ -23,16 +25,18 @@ from pathlib import Path
 from typing import Any
 
 
-def load_generation_model(spec: str, family: str, adapter: str | None = None, device: str = "cpu"):
-    """(model in eval mode, tokenizer, model id) for ``--model`` / ``--adapter`` (module docstring)."""
+def load_generation_model(spec: str, family: str, adapter: str | None = None, device: str = "cpu",
+                          errors: str = "random"):
+    """(model in eval mode, tokenizer, model id) for ``--model`` / ``--adapter`` / ``--errors``
+    (module docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from localpref.models import check_model_folder, smollm2_dir
 
     if spec == "tiny":
-        from localpref.tasks.pretrain import task_model_dir
+        from localpref.tasks.pretrain import default_spec, task_model_dir
 
-        folder = task_model_dir(family)
+        folder = task_model_dir(family, default_spec(family, errors))
     elif spec == "smollm2":
         folder = smollm2_dir()
     else:
@@ -63,8 +67,11 @@ def _tasks(args: argparse.Namespace):
 def _run(args: argparse.Namespace, *, evaluate: bool) -> int:
     from localpref.steering import run_tasks, summarize_by
 
+    if error := _errors_mismatch(args):
+        return _fail(error)
     family, tasks = _tasks(args)
-    model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device)
+    model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device,
+                                                       args.errors)
     start = time.time()
     records = run_tasks(model, tokenizer, family, tasks, out=args.out, budget=args.budget,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -109,12 +116,63 @@ def _print_summary(summary: dict[str, dict], unit: str) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from localpref.tasks.pretrain import task_model_dir
+    from localpref.tasks import get_family
+    from localpref.tasks.pretrain import default_spec, error_profile, task_model_dir
 
-    folder = task_model_dir(args.family)
+    if error := _errors_mismatch(args):
+        return _fail(error)
+    folder = task_model_dir(args.family, default_spec(args.family, args.errors))
     info = json.loads((folder / "pretrain.json").read_text())
-    print(f"{folder}: {info['parameters']} parameters, {info['spec']['steps']} steps, {info['seconds']} s to build")
+    print(f"{folder}: {info['parameters']} parameters, {info['spec']['steps']} steps, {info['seconds']} s to build, "
+          f"errors {args.errors}")
+    if args.profile:
+        model, tokenizer, _ = load_generation_model("tiny", args.family, errors=args.errors)
+        family, split = get_family(args.family), "heldout" if args.split == "test" else args.split
+        _print_profile(error_profile(family, model, tokenizer, split, args.profile), family.unit_name)
     return 0
+
+
+def _print_profile(profile: dict[str, dict], unit: str) -> None:
+    for group, p in profile.items():
+        where = "-" if p["systematic_where_fires"] is None else f"{p['systematic_where_fires']:.3f}"
+        print(f"\n{group}: {p['tasks']} prompts, greedy")
+        print(f"  {'pass rate':<40} {p['pass_rate']:.3f}")
+        print(f"  {'first error systematic (the rule)':<40} {p['systematic']:.3f}")
+        print(f"  {'first error of another kind':<40} {p['other']:.3f}")
+        print(f"  {'prompts the rule fires on':<40} {p['rule_fires']:.3f}")
+        print(f"  {'systematic where the rule fires':<40} {where}")
+        print(f"  {f'first wrong {unit}: prompts':<40} {p['first_error_unit']}")
+
+
+def _errors_mismatch(args: argparse.Namespace) -> str | None:
+    """Why ``--errors`` cannot be honoured, or None. It picks a tiny task model, so with another
+    ``--model`` it would be silently ignored; and a family without a systematic rule has only one."""
+    from localpref.tasks.pretrain import default_spec
+
+    if args.errors == "random":
+        return None
+    if args.model != "tiny":
+        return f"--errors {args.errors} applies to --model tiny only (got --model {args.model})"
+    try:
+        default_spec(args.family, args.errors)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _fail(message: str) -> int:
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _add_errors(p: argparse.ArgumentParser) -> None:
+    from localpref.tasks.base import ERRORS
+
+    p.add_argument("--errors", default="random", choices=ERRORS,
+                   help="with --model tiny: the tiny model pretrained on random errors, on the family's "
+                        "systematic rule, or on both (default: random)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -128,6 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
     from localpref.page.review import prepare_output
     from localpref.page.session import Sampling
 
+    if error := _errors_mismatch(args):  # before listening or loading anything
+        return _fail(error)
     try:  # before loading the model: a port in use fails at once
         sock = listen(args.host, args.port)
     except OSError as e:
@@ -143,11 +203,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device)
+    model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device,
+                                                       args.errors)
     served = Served(model, tokenizer, model_id, threading.Lock())
     compare = None
     if args.compare or args.compare_adapter:
-        cm, ct, cid = load_generation_model(args.compare or args.model, args.family, args.compare_adapter, args.device)
+        cm, ct, cid = load_generation_model(args.compare or args.model, args.family, args.compare_adapter, args.device,
+                                            args.errors)
         compare = Served(cm, ct, cid, threading.Lock())
     defaults = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                         max_new_tokens=args.max_new_tokens)
@@ -193,6 +255,7 @@ def _add_serve(sub: Any) -> None:
                    help="the span mode the review shows (use the one you train with: data.span)")
     p.add_argument("--max-length", type=int, default=None, help="max_length the review tokenizes with (tokens)")
     p.add_argument("--device", default="cpu")
+    _add_errors(p)
     p.set_defaults(func=_serve)
 
 
@@ -229,9 +292,16 @@ def register(subparsers: Any) -> None:
                        help="trajectory JSONL (appended; prompts already in it are skipped)")
         if evaluate:
             p.add_argument("--report", default=None, help="write the summary as JSON here")
+        _add_errors(p)
         p.set_defaults(func=lambda a, e=evaluate: _run(a, evaluate=e))
     p = sub.add_parser("pretrain", help="build (or show) the cached tiny task model of a family")
     p.add_argument("--family", required=True, choices=family_names())
-    p.set_defaults(func=_pretrain)
+    _add_errors(p)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="then print its greedy error profile on N prompts of --split (pass rate, share of "
+                        "first errors that are the family's systematic rule, where they fall)")
+    p.add_argument("--split", default="heldout", choices=("train", "val", "heldout", "test"),
+                   help="prompts of the profile (test = heldout; never pretrain: the model saw those)")
+    p.set_defaults(func=_pretrain, model="tiny")
     _add_serve(sub)
 

@@ -14,6 +14,17 @@ A unit is only judged once it is **complete**: its terminator has been written (
 list item, a newline after a line), or the text is final (the model ended its turn or ran out of
 tokens). So ``first_error(final=False)`` can run after every generated token: ``" 4"`` is not yet
 wrong, ``" 49,"`` is (when 49 breaks the rule).
+
+**Error regimes** of the answers a tiny task model is pretrained on (``write(..., errors=)``,
+``ERRORS``): ``random`` errs in one unit drawn at random, a slip no steer could teach a rule for;
+``systematic`` follows one rule of the family wherever the prompt gives it a chance (the family's
+``rule_fires``: a carrying addition, a bound that looks like an item), so the model learns the
+rule and makes it greedily; ``mixed`` writes half its wrong answers each way. In every regime a
+share ``error_rate`` of the answers (over the pretrain split) hold an error: in ``systematic`` an
+answer whose prompt fires the rule follows it with probability ``rule_rate(error_rate)`` =
+``error_rate / trigger_share``, which is above 1/2 (so greedy decoding picks the rule up) while
+``trigger_share < 2 * error_rate``. ``systematic_error`` says which wrong units are the rule's, so
+an analysis can count them.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ SPLITS = ("pretrain", "train", "val", "heldout")
 # Shares of the prompts in each split (by hash). A tiny task model is pretrained on "pretrain" only,
 # so steers collected on "train" are on prompts the model has never seen, like "val" and "heldout".
 SPLIT_SHARES = {"pretrain": 0.5, "train": 0.3, "val": 0.1, "heldout": 0.1}
+ERRORS = ("random", "systematic", "mixed")  # error regimes of pretraining answers (module docstring)
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,21 @@ def check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def check_errors(errors: str) -> None:
+    if errors not in ERRORS:
+        raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+
+
+def pick_regime(errors: str, rng: random.Random) -> str:
+    """``"random"`` or ``"systematic"``: how one pretraining answer errs. ``mixed`` tosses a fair coin
+    (one draw of ``rng``); the other regimes draw nothing, so ``random`` samples exactly the answers
+    it sampled before regimes existed (cached models and tests rely on it)."""
+    check_errors(errors)
+    if errors == "mixed":
+        return "random" if rng.random() < 0.5 else "systematic"
+    return errors
+
+
 class TaskFamily:
     """Base class of a family. Subclasses set ``name`` and implement the methods that raise."""
 
@@ -114,10 +141,37 @@ class TaskFamily:
         """A whole correct answer (what a full rewrite costs)."""
         raise NotImplementedError
 
-    def write(self, meta: dict, rng: random.Random, error_rate: float) -> str:
-        """A sampled answer for pretraining a task model: correct, or with probability
-        ``error_rate`` holding one wrong unit (the rest consistent with it)."""
+    def write(self, meta: dict, rng: random.Random, error_rate: float, errors: str = "random") -> str:
+        """A sampled answer for pretraining a task model, erring as regime ``errors`` says (module
+        docstring). ``random``: correct, or with probability ``error_rate`` holding one wrong unit
+        (the rest consistent with it). ``systematic``: the family's rule wherever it fires (later
+        units carry on from each wrong one), in a share ``rule_rate(error_rate)`` of the answers
+        whose prompt fires it; the others are correct. ``mixed``: ``pick_regime``."""
         raise NotImplementedError
+
+    # -- the systematic error regime (a family without a rule keeps these defaults) ----------------
+
+    # Share of the pretrain split's prompts on which the rule fires (None: the family has no rule).
+    # A constant, so ``write`` needs no pass over the split; tests check it against the split.
+    trigger_share: ClassVar[float | None] = None
+
+    def rule_fires(self, meta: dict) -> bool:
+        """The prompt gives the family's systematic rule a chance to err (a right answer would differ)."""
+        return False
+
+    def systematic_error(self, meta: dict, text: str, k: int) -> bool:
+        """Is wrong unit ``k`` of ``text`` (units ``0..k-1`` right) the one the family's rule writes?
+        It judges the text, not where it came from: a random slip that happens to equal the rule's
+        unit counts as systematic."""
+        return False
+
+    def rule_rate(self, error_rate: float) -> float:
+        """Probability that a systematic-regime answer follows the rule when its prompt fires it:
+        ``error_rate / trigger_share`` (at most 1), so a share ``error_rate`` of the pretrain split's
+        answers err, as in the random regime."""
+        if self.trigger_share is None:
+            raise ValueError(f"task family {self.name!r} has no systematic rule: use errors=random")
+        return min(1.0, error_rate / self.trigger_share)
 
     # -- derived -------------------------------------------------------------------------------
 

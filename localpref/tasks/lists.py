@@ -11,6 +11,15 @@ place is wrong (the model should have stopped) and ``" 43"`` ending the answer e
 (it should have gone on). The correction of item ``k`` is the smallest valid unused number above the
 previous item (so the list stays ascending), or the first unused word/country of a fixed order.
 
+The systematic rule (``write(errors="systematic")``): **a strict bound counts as an item**. "Greater
+than 50" is read as "50 or more" and "between 15 and 35" as "from 15": where the bound itself
+would pass the rule (``_bound``: a multiple of 5 for "multiples of 5 greater than 50", a square,
+a power of two, the bound of an even/odd range, which our grids always make of the right parity;
+never a prime, as the prime bounds are multiples of 10), the answer starts with the bound and goes
+on with the right list less its last item: "50, 55, 60, 65". A person corrects the first item.
+The grids set the share of prompts it fires on (``Lists.trigger_share``). Random errors are an
+invalid item between its neighbours (never the bound), or a word or country of the wrong kind.
+
 Splits: each (rule, parameters) goes to pretrain / train / val / heldout by a hash (50/30/10/10,
 ``localpref.tasks.base.SPLIT_SHARES``) with all its list lengths, since "3 primes above 40" and
 "4 primes above 40" share their items; the rule ``powers_of_two`` is never trained on: all its
@@ -24,7 +33,8 @@ from dataclasses import replace
 
 from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _int, _norm
 from localpref.tasks import register
-from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of, units_ending_with
+from localpref.tasks.base import (Task, TaskFamily, Unit, check_split, pick_regime, split_of,
+                                  units_ending_with)
 
 N_ITEMS = (3, 4, 5)
 UNSEEN_RULES = ("powers_of_two",)  # held out whole: never in train or val
@@ -48,6 +58,17 @@ def _item(piece: str) -> str:
     return piece.strip().rstrip(".").strip()
 
 
+def _bound(meta: dict) -> str | None:
+    """The strict lower bound of a numeric rule when it would pass the rule were it inclusive
+    ("multiples of 5 greater than 50": "50"; "odd numbers between 15 and 35": "15"), else None."""
+    p = meta["params"]
+    name = "x" if "x" in p else "lo" if "lo" in p else None
+    if name is None:
+        return None
+    value = p[name]
+    return str(value) if RULES[meta["rule"]].valid({**p, name: value - 1}, str(value)) else None
+
+
 def _key(meta: dict, item: str) -> object:
     """What makes two items the same: the value for numbers ("041" is "41"), else the normalized text."""
     value = _int(item) if meta["rule"] in _NUMERIC else None
@@ -58,6 +79,9 @@ def _key(meta: dict, item: str) -> object:
 class Lists(TaskFamily):
     name = "lists"
     unit_name = "item"
+    # 180 of the 480 pretrain prompts (every even/odd range, multiples of k above a multiple of k);
+    # tests/test_tasks_dial.py checks it. At error_rate 0.25 a systematic answer follows the rule in 2/3.
+    trigger_share = 0.375
 
     def tasks(self, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
         check_split(split)
@@ -126,12 +150,27 @@ class Lists(TaskFamily):
             items.append(self._next_item(meta, items))
         return ", ".join(items)
 
-    def write(self, meta: dict, rng: random.Random, error_rate: float) -> str:
+    def write(self, meta: dict, rng: random.Random, error_rate: float, errors: str = "random") -> str:
+        """Random: one invalid item at a random place; systematic: the bound first (module docstring)."""
+        regime = pick_regime(errors, rng)
         rule, n = RULES[meta["rule"]], meta["n_items"]
         items = rule.answer(meta["params"], n, rng)
         if rule.name not in _NUMERIC:
             rng.shuffle(items)
-        if rng.random() < error_rate:
-            j = rng.randrange(n)
-            items[j] = rule.bad(meta["params"], items, j, rng)
+        if regime == "random":
+            if rng.random() < error_rate:
+                j = rng.randrange(n)
+                items[j] = rule.bad(meta["params"], items, j, rng)
+        elif self.rule_fires(meta) and rng.random() < self.rule_rate(error_rate):
+            items = [_bound(meta), *items[:-1]]  # the rest of the list goes on above the bound
         return ", ".join(items)
+
+    def rule_fires(self, meta: dict) -> bool:
+        return _bound(meta) is not None
+
+    def systematic_error(self, meta: dict, text: str, k: int) -> bool:
+        """Item ``k`` is the strict bound (``_bound``), wherever it stands."""
+        units, bound = self.units(text, final=True), _bound(meta)
+        if bound is None or k >= min(len(units), meta["n_items"]):
+            return False
+        return _key(meta, _item(text[units[k].start:units[k].end].rstrip(","))) == int(bound)

@@ -8,6 +8,12 @@ right). So it writes in the family's format and makes the family's mistakes, at 
 plus whatever it fails to learn. Prompts of the other splits (train: where steers are collected;
 val; heldout) are never seen, so the model is steered on prompts new to it, as a user would.
 
+How the wrong answers err is ``TinySpec.errors`` (``localpref.tasks.base``, "error regimes"):
+``random`` (one unit wrong at random: noise a steer cannot generalize from), ``systematic`` (the
+family's rule wherever its prompt fires it, e.g. arith's additions that never carry) or ``mixed``.
+``error_profile`` measures what a model makes of it: on held-out prompts, the greedy pass rate and
+how many first errors are the rule's.
+
 Each model has its own small byte-level BPE tokenizer (``TinySpec.vocab_size`` tokens, digits
 always single tokens, any text encodable), trained on the same pretrain-split text, with a ChatML
 chat template (``<|im_start|>user ... <|im_end|>``, no system prompt added) whose ``<|im_end|>``
@@ -19,6 +25,7 @@ parameters. It is cached as an ordinary Hugging Face folder (with
 keyed by the settings and ``VERSION``, and built on first use::
 
     localpref steer pretrain --family lists      # or implicitly: --model tiny
+    localpref steer pretrain --family arith --errors systematic --profile 200   # and its error profile
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ import random
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from localpref.models import cache_root, publish_folder, tiny_llama_config
+from localpref.tasks.base import check_errors
 
 VERSION = 4  # bump when the corpus or the loop below changes: models are rebuilt in a new folder
-# (4: fused AdamW)
+# (4: arith's numbers stay within 0..99; TinySpec.errors)
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,32 @@ class TinySpec:
     batch_size: int = 32  # answers per step
     lr: float = 3e-3  # AdamW peak learning rate (linear warmup, cosine decay)
     warmup_steps: int = 50  # warmup steps
-    error_rate: float = 0.25  # share of training answers holding one wrong unit
+    error_rate: float = 0.25  # share of training answers holding an error (over the pretrain split)
     seed: int = 0  # initialization, prompt order and sampled answers
     vocab_size: int = 1024  # tokens of the model's own byte-level BPE tokenizer
+    errors: str = "random"  # how wrong answers err: random | systematic | mixed (localpref.tasks.base.ERRORS)
+
+    def __post_init__(self):
+        check_errors(self.errors)
+
+
+# Per-family changes to TinySpec's defaults. arith: after 400 steps (one-digit operands) the model
+# still got only 46% of result digits and 85% of copied numbers right given the right text before
+# them (teacher-forced, val prompts), its greedy pass rate 0.00, and the loss was still falling;
+# 3000 steps is an estimate, not yet measured (`localpref steer pretrain --family arith --profile
+# 200` prints the pass rate of the model it builds).
+_FAMILY_SPECS: dict[str, dict] = {"arith": {"steps": 3000}}
+
+
+def default_spec(family: str, errors: str = "random") -> TinySpec:
+    """The spec a family's tiny task model is built with in regime ``errors`` (ValueError when the
+    family has no systematic rule and ``errors`` is not ``random``)."""
+    from localpref.tasks import get_family
+
+    check_errors(errors)
+    if errors != "random" and get_family(family).trigger_share is None:
+        raise ValueError(f"task family {family!r} has no systematic rule: only errors=random")
+    return TinySpec(errors=errors, **_FAMILY_SPECS.get(family, {}))
 
 
 def _key(family: str, spec: TinySpec) -> str:
@@ -65,21 +97,39 @@ def _key(family: str, spec: TinySpec) -> str:
 
 
 def task_model_dir(family: str, spec: TinySpec | None = None, *, build: bool = True) -> Path:
-    """The cached tiny model folder of ``family`` (pretrained now if missing and ``build``)."""
-    spec = spec or TinySpec()
+    """The cached tiny model folder of ``family`` (pretrained now if missing and ``build``); ``spec``
+    defaults to ``default_spec(family)``."""
+    spec = spec or default_spec(family)
     out = cache_root() / "models" / f"tiny-{family}-{_key(family, spec)}"
     if not (out / "pretrain.json").exists():
         if not build:
-            raise FileNotFoundError(f"{out} does not exist; run `localpref steer pretrain --family {family}`")
+            raise FileNotFoundError(f"{out} does not exist; run `localpref steer pretrain --family {family} "
+                                    f"--errors {spec.errors}`")
         pretrain(family, spec, out)
     return out
 
 
 def model_folder(model_cfg) -> Path | None:
     """``localpref.models.build_model``'s ``folder`` for the ``model`` config group: the tiny task
-    model of ``model.family`` when ``model.source`` is ``tiny_task`` (built on first use), else None
-    (the other sources name their weights themselves)."""
-    return task_model_dir(model_cfg.family) if model_cfg.source == "tiny_task" else None
+    model of ``model.family`` in regime ``model.errors`` when ``model.source`` is ``tiny_task`` (built on
+    first use), else None (the other sources name their weights themselves)."""
+    if model_cfg.source != "tiny_task":
+        return None
+    return task_model_dir(model_cfg.family, default_spec(model_cfg.family, model_cfg.errors))
+
+
+class _Regime:
+    """A family whose ``write`` errs in regime ``errors``: what ``pretrain`` samples answers from (for
+    ``random`` it uses the family itself, so a family written before the regimes still pretrains)."""
+
+    def __init__(self, family, errors: str):
+        self.family, self.errors = family, errors
+
+    def __getattr__(self, name: str):
+        return getattr(self.family, name)
+
+    def write(self, meta: dict, rng: random.Random, error_rate: float) -> str:
+        return self.family.write(meta, rng, error_rate, errors=self.errors)
 
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -145,6 +195,7 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
     from localpref.tasks import get_family
 
     family = get_family(family_name)
+    family = family if spec.errors == "random" else _Regime(family, spec.errors)  # how its answers err
     tasks = family.tasks("pretrain", n=None if family.finite else 20_000, seed=spec.seed)
     rng = random.Random(spec.seed)
     sample = [tasks[rng.randrange(len(tasks))] for _ in range(4000)]
@@ -190,4 +241,61 @@ def pretrain(family_name: str, spec: TinySpec, out: Path) -> Path:
         publish_folder(tmp, out, "pretrain.json")  # a concurrent build may have finished first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def greedy_answers(family, model, tokenizer, tasks: list, *, max_new_tokens: int = 128,
+                   batch_size: int = 32) -> list[str]:
+    """Each task's greedy answer, cut just past its first wrong unit (nothing after it is needed)."""
+    from localpref.generation import generate_batch
+
+    texts = []
+    for i in range(0, len(tasks), batch_size):
+        chunk = tasks[i:i + batch_size]
+
+        def wrong(k: int, text: str, chunk=chunk) -> bool:
+            return family.first_error(chunk[k].meta, text, final=False) is not None
+
+        results = generate_batch(model, tokenizer, [t.prompt for t in chunk], [""] * len(chunk),
+                                 temperature=0.0, max_new_tokens=max_new_tokens, stop=wrong)
+        texts += [r.text for r in results]
+    return texts
+
+
+def profile_of(family, tasks: list, texts: list[str]) -> dict:
+    """How final answers ``texts`` to ``tasks`` err, judged at each one's first wrong unit.
+
+    ``pass_rate``: share right; ``systematic``: share whose first error is the family's rule
+    (``family.systematic_error``); ``other``: share whose first error is anything else (a slip, or
+    what the model failed to learn); these three sum to 1. ``rule_fires``: share of prompts where
+    the rule could err at all; ``systematic_where_fires``: ``systematic`` among those (None if
+    none). ``first_error_unit``: {index of the first wrong unit: prompts}.
+    """
+    n, kinds, units, fired, fired_sys = len(tasks), Counter(), Counter(), 0, 0
+    for task, text in zip(tasks, texts, strict=True):
+        k = family.first_error_unit(task.meta, text)
+        kind = "pass" if k is None else "systematic" if family.systematic_error(task.meta, text, k) else "other"
+        kinds[kind] += 1
+        if k is not None:
+            units[k] += 1
+        if family.rule_fires(task.meta):
+            fired, fired_sys = fired + 1, fired_sys + (kind == "systematic")
+    return {"tasks": n, "pass_rate": kinds["pass"] / n, "systematic": kinds["systematic"] / n,
+            "other": kinds["other"] / n, "rule_fires": fired / n,
+            "systematic_where_fires": fired_sys / fired if fired else None,
+            "first_error_unit": dict(sorted(units.items()))}
+
+
+def error_profile(family, model, tokenizer, split: str = "heldout", n: int = 200, *, seed: int = 0,
+                  max_new_tokens: int = 128, batch_size: int = 32) -> dict[str, dict]:
+    """The greedy error profile (``profile_of``) of ``model`` on ``n`` prompts of ``split``: all of
+    them (``"all"``) and each sub-family (``"seen"``, ``"unseen"``) apart. Prompts of the same
+    kind as pretraining's are ``"seen"`` ones of a split the model never saw (train, val, heldout).
+    An answer that reaches ``max_new_tokens`` is judged as it stands."""
+    tasks = family.tasks(split, n=n, seed=seed)
+    texts = greedy_answers(family, model, tokenizer, tasks, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out = {"all": profile_of(family, tasks, texts)}
+    for sub in sorted({t.meta["subfamily"] for t in tasks}):
+        pairs = [(t, x) for t, x in zip(tasks, texts) if t.meta["subfamily"] == sub]
+        out[sub] = profile_of(family, [t for t, _ in pairs], [x for _, x in pairs])
     return out
