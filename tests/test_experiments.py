@@ -30,41 +30,52 @@ def test_fewest_steers_quick_variant_is_well_formed(tmp_path, defacto_dir):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["quick"] and set(settings["parts"]) == {"tiny-lists", "tiny-arith", "smollm2-lists", "defacto"}
+    assert settings["quick"] and set(settings["parts"]) == {"tiny-lists", "tiny-arith-systematic", "smollm2-style",
+                                                            "defacto"}
     results = [json.loads(f.read_text()) for f in out.glob("*/runs/*/*/result.json")]
     stages = {(r["part"], r["stage"]) for r in results}
-    for part in ("tiny-lists", "tiny-arith"):
+    for part in ("tiny-lists", "tiny-arith-systematic"):
         assert {(part, s) for s in ("base", "variant", "tune", "final")} <= stages
         assert (out / part / "model.json").exists() and (out / part / "tuned.json").exists()
-    assert ("smollm2-lists", "final") in stages and ("smollm2-lists", "tune") not in stages
+    assert ("smollm2-style", "final") in stages and ("smollm2-style", "tune") not in stages
+    # the regime reaches the tiny model: the systematic part's model was pretrained with errors=systematic
+    assert json.loads((out / "tiny-arith-systematic" / "model.json").read_text())["spec"]["errors"] == "systematic"
     assert ("defacto", "base") in stages
-    # Every part but the quick SmolLM2 lists (16 new tokens: answers are cut off before a first error)
+    # Every part but the quick SmolLM2 style (16 new tokens: answers may end before a first error)
     # has held-out steers to score; without them a run reports steering metrics only.
-    assert all(r["data"]["data/eval_pairs"] > 0 for r in results if r["part"] != "smollm2-lists")
+    assert all(r["data"]["data/eval_pairs"] > 0 for r in results if r["part"] != "smollm2-style")
     base = [r for r in results if r["stage"] == "base" and r["data"]["data/eval_pairs"]]
-    assert {r["part"] for r in base} >= {"tiny-lists", "tiny-arith", "defacto"}
+    assert {r["part"] for r in base} >= {"tiny-lists", "tiny-arith-systematic", "defacto"}
     assert all(r["metrics"]["eval/span/reward_ties"] == 1.0 for r in base)  # learning rate 0: the reference
     for r in results:
         keys = STEER_KEYS if r["part"] != "defacto" else STEER_KEYS[5:]
         keys = keys if r["data"]["data/eval_pairs"] else [k for k in keys if k.startswith("eval/steer/")]
         assert all(k in r["metrics"] for k in keys), (r["name"], sorted(r["metrics"]))
         assert r["data"]["data/train_pairs"] > 0
-    assert ("tiny-lists", "trainprompts") in stages and ("tiny-arith", "trainprompts") not in stages
+    assert ("tiny-lists", "trainprompts") in stages and ("tiny-arith-systematic", "trainprompts") not in stages
     rounds = [r for r in results if r["stage"] == "iterate" and r.get("round") == 2]
     assert {r["part"] for r in rounds} == {"tiny-lists"} and len(rounds) == 4  # two methods x two seeds
     tiny_lists_final = [r for r in results if (r["part"], r["stage"]) == ("tiny-lists", "final")]
-    assert len(tiny_lists_final) == 7 * 2 * 2  # methods x seeds x budgets
-    # annotation cost: a rewrite method at the same budget never spends more than the budget
+    assert len(tiny_lists_final) == 9 * 2 * 2 + 2  # methods x seeds x budgets, and the control x seeds
+    # annotation cost: a method at a budget never spends more than the budget; the control has none
+    # and reads a collection four times the size (all it takes is what it spent)
     for r in tiny_lists_final:
         assert r["data"]["data/collected/chars"] <= r["budget_chars"]
+    control = [r for r in tiny_lists_final if r["method"] == "control"]
+    assert all(r["budget"] is None and r["data"]["data/collected/trajectories_taken"] == 48 for r in control)
+    t1 = [r for r in results if (r["part"], r["stage"]) == ("tiny-lists", "final_t1")]
+    assert sorted({r["method"] for r in t1}) == ["dpo_rewrite", "localized"] and len(t1) == 4
 
     gen, summary = tmp_path / "generated", tmp_path / "summary.json"
     proc = subprocess.run([sys.executable, str(EXP / "analyze.py"), str(out), "--summary", str(summary),
                            "--generated", str(gen)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = (gen / "headline_tiny-lists.md").read_text().splitlines()
-    assert len(table) == 2 + 1 + 7  # header, rule, base model, seven methods
+    assert len(table) == 2 + 1 + 10  # header, rule, base model, nine methods, the control
     assert (gen / "curves_tiny-lists.pdf").stat().st_size > 0
     assert (gen / "rounds_tiny-lists.md").exists() and (gen / "defacto.md").exists()
+    assert (gen / "temperature_tiny-lists.md").exists() and (gen / "dial.pdf").stat().st_size > 0
+    dial = (gen / "dial.md").read_text()
+    assert "| lists | random | control" in dial and "| arith | systematic | base model" in dial
     numbers = (gen / "numbers.tex").read_text()
     assert "\\newcommand{\\fsTinyListsLocalizedSpv}" in numbers and "\\newcommand{\\fsQuick}{yes}" in numbers

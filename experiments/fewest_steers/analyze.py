@@ -45,11 +45,13 @@ from localpref.stats import crossed_bootstrap_interval, paired_t_test, pooled_wi
 
 SUMMARY = HERE / "results" / "summary.json"
 GENERATED = REPO / "paper" / "generated"
-ORDER = ["sft_span", "sft_rewrite", "dpo_rewrite", "localized", "localized_anchor", "step_dpo", "variant"]
+ORDER = ["sft_span", "sft_rewrite", "dpo_rewrite", "localized", "localized_anchor", "step_dpo", "variant",
+         "dpop", "cal_dpo", "control"]
 LABELS = {"base": "base model", "sft_span": "1 SFT, corrected spans", "sft_rewrite": "2 SFT, full rewrites",
           "dpo_rewrite": "3 DPO, output vs rewrite", "localized": "4 localized DPO (hunk)",
           "localized_anchor": "5 localized + SFT anchor", "step_dpo": "6 Step-DPO (continuation)",
-          "variant": "7 localized variant"}
+          "variant": "7 localized variant", "dpop": "8 DPOP (localized)", "cal_dpo": "9 Cal-DPO (localized)",
+          "control": "control: SFT on rewrites, no budget"}
 # Per-prompt outcomes (``steering.prompt_outcomes``): columns of the two-way bootstrap.
 STV, VERIFIED, PASSED = 0, 1, 2
 STEER_COLS = [(STV, "steers to verify"), (VERIFIED, "verified $\\le$ budget"), (PASSED, "pass rate")]
@@ -58,6 +60,19 @@ PREF_COLS = [("eval/span/nll", "span NLL"), ("eval/drift/nll", "drift NLL"), ("e
 
 # ------------------------------------------------------------------------------------------------
 # Step 1: OUT -> summary.json
+
+
+def first_error_kind(record: dict) -> str:
+    """How the unsteered answer of a steering record first errs: "none", "systematic" (the family's
+    rule, ``TaskFamily.systematic_error``) or "other"."""
+    from localpref.tasks import get_family
+
+    task, text = record["meta"]["task"], record["meta"]["original"]
+    family = get_family(task["family"])
+    k = family.first_error_unit(task, text, final=True)
+    if k is None:
+        return "none"
+    return "systematic" if family.systematic_error(task, text, k) else "other"
 
 
 def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -92,9 +107,14 @@ def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict
     return summary
 
 
-def _PART_ORDER(part: str) -> int:
-    known = ["tiny-lists", "tiny-arith", "smollm2-lists", "defacto"]
-    return known.index(part) if part in known else len(known)
+def _PART_ORDER(part: str) -> tuple[int, int]:
+    """The tiny parts by family and regime (random, systematic, mixed), then SmolLM2's, then DeFacto."""
+    known = ["tiny-lists", "tiny-arith", "smollm2-style", "smollm2-lists", "defacto"]
+    for i, name in enumerate(known):
+        for j, regime in enumerate(("", "-systematic", "-mixed")):
+            if part == name + regime:
+                return i, j
+    return len(known), 0
 
 
 def _summarize_one(out: Path) -> dict[str, Any]:
@@ -110,10 +130,11 @@ def _summarize_one(out: Path) -> dict[str, Any]:
         keep = {k: v for k, v in r.items() if k not in ("overrides",)}
         keep["metrics"] = {k: v for k, v in r["metrics"].items() if k.startswith("eval/")}
         trajectories = f.parent / "steer_eval.jsonl"
-        if r["stage"] in ("final", "base", "trainprompts", "iterate") and trajectories.exists():  # per prompt, id order
+        if r["stage"] in ("final", "final_t1", "base", "trainprompts", "iterate") and trajectories.exists():  # per prompt, id order
             records = sorted(read_records(trajectories), key=lambda x: x["id"])
             keep["prompts"] = [prompt_outcomes(x) for x in records]
             keep["subfamilies"] = [x["meta"]["task"].get("subfamily") for x in records]
+            keep["first_errors"] = [first_error_kind(x) for x in records]
             if r["stage"] == "trainprompts":  # which of these prompts the method's budget paid for
                 data = next(o.split("=", 1)[1] for o in r["overrides"] if o.startswith("data.path="))
                 taken = {x["id"] for x in read_records(data)[:int(r["data"]["data/collected/trajectories_taken"])]}
@@ -197,6 +218,16 @@ def _runs(summary, part: str, stage: str, **match) -> list[dict]:
     runs = [r for r in summary["runs"] if r["part"] == part and r["stage"] == stage
             and all(r.get(k) == v for k, v in match.items())]
     return sorted(runs, key=lambda r: r["seed"])  # seed order: paired comparisons match seeds by position
+
+
+def _main_budget(final: list[dict]) -> float:
+    """A part's main annotation budget: the largest of its runs' (the control's is None: no budget)."""
+    return max(r["budget"] for r in final if r["budget"] is not None)
+
+
+def _budget_of(method: str, budget: float) -> float | None:
+    """The budget a method's runs are filed under at the part's main budget (the control: none)."""
+    return None if method == "control" else budget
 
 
 def _metric(runs: list[dict], key: str) -> list[float]:
@@ -323,12 +354,12 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     final = _runs(summary, part, "final")
     if not final:
         return {}, {}
-    budget, steer_budget = max(r["budget"] for r in final), _steer_budget(summary, part)
+    budget, steer_budget = _main_budget(final), _steer_budget(summary, part)
     numbers = {}
     rows = []
     for method in ["base", *ORDER]:
         runs = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
-                else _runs(summary, part, "final", method=method, budget=budget))
+                else _runs(summary, part, "final", method=method, budget=_budget_of(method, budget)))
         if not runs:
             continue
         label = LABELS[method] + (f" ({summary['choices'][part]['variant']['chosen'].replace('_', '-')})"
@@ -366,16 +397,169 @@ def headline(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     return _table(f"headline_{part}", header, rows, caption), numbers
 
 
+def _regime(summary, part: str) -> str:
+    """A part's error regime: tiny task models' ``errors`` (random before regimes existed); "own"
+    for a real model's own habits."""
+    settings = summary["settings"]["parts"][part]
+    if not str(settings.get("model", [""])[0]).startswith("model=tiny_task"):
+        return "own"
+    return settings.get("errors", "random")
+
+
+def error_profile(runs: list[dict]) -> tuple[int, int, int]:
+    """(prompts, first errors, systematic first errors) of unsteered answers, over runs."""
+    kinds = [k for r in runs for k in r.get("first_errors", [])]
+    return len(kinds), sum(k != "none" for k in kinds), sum(k == "systematic" for k in kinds)
+
+
+def control_power(summary, part: str) -> tuple[str, tuple[float, float, float] | None]:
+    """("yes" | "no" | "no control", (diff, lo, hi)): does the positive control lower held-out steers
+    to verify below the base model's, its paired interval (seeds x prompts) excluding 0?"""
+    steer_budget = _steer_budget(summary, part)
+    control = _runs(summary, part, "final", method="control")
+    base = _runs(summary, part, "base", eval_split="heldout")
+    if not control or not base or any("prompts" not in r for r in control + base):
+        return "no control", None
+    if [r["seed"] for r in control] != [r["seed"] for r in base]:
+        base = [next(b for b in base if b["seed"] == r["seed"]) if any(b["seed"] == r["seed"] for b in base)
+                else base[0] for r in control]  # the base model is one model: any seed's outcomes
+    d = paired_ci([_outcomes(r, steer_budget) for r in control], [_outcomes(r, steer_budget) for r in base], STV)
+    return ("yes" if d[2] < 0 else "no"), d
+
+
+def dial(summary) -> tuple[dict[str, str], dict[str, str]]:
+    """One row per (family, regime, method) at each part's main budget: held-out steers to verify,
+    verified within budget, pass rate (two-way bootstrap), the difference from the base model
+    (paired), chosen-span NLL and KL (Student-t over seeds), and whether the part's positive
+    control has power. Plus, per part, the base model's greedy error profile on held-out prompts."""
+    rows, numbers, csv_rows = [], {}, []
+    for part in sorted(summary["settings"]["parts"], key=_PART_ORDER):  # sort_keys put them in name order
+        settings = summary["settings"]["parts"][part]
+        final = _runs(summary, part, "final")
+        if not settings.get("family") or not final:
+            continue
+        budget, steer_budget = _main_budget(final), _steer_budget(summary, part)
+        regime = _regime(summary, part)
+        power, d = control_power(summary, part)
+        numbers[_macro(part, "", "power")] = power
+        if d is not None:
+            numbers[_macro(part, "control", "vsbase")] = _interval(*d)
+        base = _runs(summary, part, "base", eval_split="heldout")
+        n, errs, syst = error_profile(base[:1])
+        numbers[_macro(part, "base", "firsterrors")] = f"{errs}/{n}"
+        numbers[_macro(part, "base", "systematic")] = f"{syst}/{errs}" if errs else "0/0"
+        for method in ["base", *ORDER]:
+            runs = (base if method == "base" else
+                    _runs(summary, part, "final", method=method, budget=None if method == "control" else budget))
+            if not runs:
+                continue
+            cells = _steer_cells(runs, steer_budget)
+            if method == "base" or any("prompts" not in r for r in runs + base):
+                delta = "--"
+            else:
+                by_seed = {b["seed"]: b for b in base}
+                theirs = [by_seed.get(r["seed"], base[0]) for r in runs]
+                dd = paired_ci([_outcomes(r, steer_budget) for r in runs],
+                               [_outcomes(r, steer_budget) for r in theirs], STV)
+                delta = _interval(*dd)
+                numbers[_macro(part, method, "vsbase")] = delta
+                csv_rows.append([part, settings["family"], regime, method,
+                                 round(sum(r["budget_chars"] for r in runs) / len(runs), 1),
+                                 *[round(x, 4) for x in steering_ci([_outcomes(r, steer_budget) for r in runs], STV)]])
+            if method == "base":
+                m, lo, hi = steering_ci([_outcomes(r, steer_budget) for r in runs], STV) if all(
+                    "prompts" in r for r in runs) else (math.nan,) * 3
+                csv_rows.append([part, settings["family"], regime, "base", 0, round(m, 4), round(lo, 4), round(hi, 4)])
+            chars = "0" if method == "base" else _fmt(sum(r["budget_chars"] for r in runs) / len(runs), 0)
+            rows.append([settings["family"], regime, LABELS[method], chars, *cells, delta,
+                         _pref_cell(runs, "eval/span/nll"), _pref_cell(runs, "eval/drift/kl"),
+                         power if method == "base" else ""])
+            numbers[_macro(part, method, "dialstv")] = cells[0]
+    if not rows:
+        return {}, {}
+    header = ["family", "regime", "method", "chars", *[c for _, c in STEER_COLS], "$\\Delta$ vs base",
+              "span NLL", "KL", "control has power"]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["part", "family", "regime", "method", "chars", "stv", "lo", "hi"],
+                                                    *csv_rows])
+    tables = _table("dial", header, rows,
+                    "The systematicity dial: held-out steering after training at each part's main annotation budget "
+                    "(the control: SFT on full correct answers of every prompt of a train collection up to four times "
+                    "the methods' -- a finite family has fewer: all its train prompts -- with no budget), per "
+                    "family and error regime (random: the tiny model's pretraining errors were injected at random; "
+                    "systematic: one rule wherever the prompt fires it; mixed: half each; own: SmolLM2's own habit). "
+                    "Steers to verify, verified $\\le$ budget, pass rate: mean [95\\% two-way bootstrap over seeds and "
+                    "prompts]; $\\Delta$ vs base: the same, paired (negative: fewer steers than the base model); span "
+                    "NLL (chosen span) and KL: mean [95\\% Student-t over seeds]. Control has power: the control's "
+                    "$\\Delta$ interval lies below 0; where it does not, the part cannot show a gain and no "
+                    "conclusion is drawn from it.")
+    tables["dial.csv"] = buf.getvalue()
+    return tables, numbers
+
+
+def plot_dial(csv_text: str, path: Path) -> None:
+    """The main figure: held-out steers to verify against characters typed, one panel per part."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    parts = list(dict.fromkeys(r["part"] for r in rows))
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.1 * len(parts), 3.0), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        mine = [r for r in rows if r["part"] == part]
+        base = next((r for r in mine if r["method"] == "base"), None)
+        if base is not None and base["stv"] != "nan":
+            ax.axhspan(float(base["lo"]), float(base["hi"]), color="0.85")
+            ax.axhline(float(base["stv"]), color="0.4", lw=1, label="base model")
+        for i, r in enumerate(r for r in mine if r["method"] != "base"):
+            y = float(r["stv"])
+            ax.errorbar([float(r["chars"])], [y], yerr=[[y - float(r["lo"])], [float(r["hi"]) - y]], fmt="o"
+                        if r["method"] != "control" else "s", capsize=2, color=f"C{i % 10}", label=LABELS[r["method"]])
+        ax.set(title=f"{mine[0]['family']}, {mine[0]['regime']}", xlabel="characters typed", xscale="log")
+    axes[0][0].set_ylabel("held-out steers to verify")
+    axes[0][-1].legend(fontsize=5, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    plt.close(fig)
+
+
+def temperature_condition(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The second condition: steers collected at temperature 1.0 against the greedy collection, each
+    method at its learning rate and the main budget of its collection's own cost."""
+    t1 = _runs(summary, part, "final_t1")
+    if not t1:
+        return {}, {}
+    steer_budget, numbers, rows = _steer_budget(summary, part), {}, []
+    final = _runs(summary, part, "final")
+    budget = _main_budget(final)
+    for method in ORDER:
+        hot = _runs(summary, part, "final_t1", method=method)
+        greedy = _runs(summary, part, "final", method=method, budget=_budget_of(method, budget))
+        if not hot or not greedy:
+            continue
+        g, h = _steer_cells(greedy, steer_budget)[0], _steer_cells(hot, steer_budget)[0]
+        numbers[_macro(part, method, "tonestv")] = h
+        rows.append([LABELS[method], _fmt(sum(r["budget_chars"] for r in greedy) / len(greedy), 0), g,
+                     _fmt(sum(r["budget_chars"] for r in hot) / len(hot), 0), h])
+    return _table(f"temperature_{part}", ["method", "chars (greedy)", "steers to verify, greedy collection",
+                                          "chars (T=1.0)", "steers to verify, T=1.0 collection"], rows,
+                  f"{part}: training steers collected greedily (as the evaluation decodes; the default) against "
+                  f"steers collected at temperature 1.0, each at the main budget of its own collection: held-out "
+                  f"steers to verify, mean [95\\% two-way bootstrap over seeds and prompts]."), numbers
+
+
 def subfamilies(summary, part: str) -> dict[str, str]:
     """Prompts of sub-families trained on vs the one never trained on (heldout only)."""
     final = _runs(summary, part, "final")
-    budget, steer_budget = (max(r["budget"] for r in final), _steer_budget(summary, part)) if final else (None, None)
+    budget, steer_budget = (_main_budget(final), _steer_budget(summary, part)) if final else (None, None)
     if not final or "eval/steer/unseen/pass_rate" not in final[0]["metrics"]:
         return {}
     rows = []
     for method in ["base", *ORDER]:
         runs = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
-                else _runs(summary, part, "final", method=method, budget=budget))
+                else _runs(summary, part, "final", method=method, budget=_budget_of(method, budget)))
         if not runs:
             continue
         cells = []
@@ -403,7 +587,7 @@ def paired(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     final = _runs(summary, part, "final")
     if not final:
         return {}, {}
-    budget, steer_budget = max(r["budget"] for r in final), _steer_budget(summary, part)
+    budget, steer_budget = _main_budget(final), _steer_budget(summary, part)
     numbers = {}
     ref = _runs(summary, part, "final", method="localized", budget=budget)
     rows = []
@@ -411,7 +595,7 @@ def paired(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
         if method == "localized":
             continue
         other = (_runs(summary, part, "base", eval_split="heldout") if method == "base"
-                 else _runs(summary, part, "final", method=method, budget=budget))
+                 else _runs(summary, part, "final", method=method, budget=_budget_of(method, budget)))
         if not other or not ref:
             continue  # a method this part does not run
         if [r["seed"] for r in other] != [r["seed"] for r in ref] or any("prompts" not in r for r in other + ref):
@@ -436,7 +620,7 @@ def paired(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
 def curves(summary, part: str) -> dict[str, str]:
     """Steers to verify and pass rate against annotation cost (CSV + PDF figure), two-way intervals."""
     final = _runs(summary, part, "final")
-    budgets = sorted({r["budget"] for r in final})
+    budgets = sorted({r["budget"] for r in final if r["budget"] is not None})
     if len(budgets) < 2:
         return {}
     steer_budget = _steer_budget(summary, part)
@@ -554,6 +738,8 @@ def small_tables(summary, part: str) -> dict[str, str]:
         lrs = sorted({r["lr"] for r in tune})
         rows = []
         for method in ORDER:
+            if not _runs(summary, part, "tune", method=method):
+                continue  # a method this part does not run
             cells = []
             for lr in lrs:
                 rs = _runs(summary, part, "tune", method=method, lr=lr)
@@ -576,7 +762,7 @@ def small_tables(summary, part: str) -> dict[str, str]:
     if it:
         rows = []
         final = _runs(summary, part, "final")
-        top = max(r["budget"] for r in final)
+        top = _main_budget(final)
         for method in sorted({r["method"] for r in it}, key=ORDER.index):
             one = _runs(summary, part, "final", method=method, budget=top)
             r1 = [r for r in it if r["method"] == method and r.get("round") != 2]
@@ -662,7 +848,7 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
     """Write every generated file; returns their names."""
     files: dict[str, str] = {}
     numbers: dict[str, str] = {}
-    for part in summary["settings"]["parts"]:
+    for part in sorted(summary["settings"]["parts"], key=_PART_ORDER):
         if part == "defacto":
             tex, nums = defacto(summary)
         else:
@@ -677,11 +863,18 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
             tables, diag_numbers = trainprompts(summary, part)
             tex.update(tables)
             nums.update(diag_numbers)
+            tables, t1_numbers = temperature_condition(summary, part)
+            tex.update(tables)
+            nums.update(t1_numbers)
         files.update(tex)
         numbers.update(nums)
     files.update(timing(summary))
+    tables, dial_numbers = dial(summary)
+    files.update(tables)
+    numbers.update(dial_numbers)
     numbers["fsTotalMinutes"] = _fmt(_total_seconds(summary) / 60, 0)
     numbers["fsQuick"] = "yes" if summary["settings"]["quick"] else "no"
+    numbers["fsPilot"] = "yes" if summary["settings"].get("pilot") else "no"
     numbers["fsReanalysed"] = ", ".join(summary["settings"].get("reanalysed", [])) or "none"
     for part, settings in summary["settings"]["parts"].items():
         if settings.get("family"):
@@ -705,6 +898,9 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
         part = name.removeprefix("curves_").removesuffix(".csv")
         figures.append(f"curves_{part}.pdf")
         plot_curves(files[name], out / figures[-1], f"{part}: held-out steering vs annotation cost")
+    if "dial.csv" in files:
+        figures.append("dial.pdf")
+        plot_dial(files["dial.csv"], out / "dial.pdf")
     for stale in out.iterdir():  # a table an older summary wrote and this one does not: gone, not left stale
         if stale.suffix in (".tex", ".md", ".csv", ".pdf") and stale.name not in files and stale.name not in figures:
             stale.unlink()

@@ -1,19 +1,35 @@
 """Which loss makes a model need the fewest steers, at equal annotation cost?
 
-    python experiments/fewest_steers/run.py --out outputs/fewest_steers      # the paper's parts (~2.2 h, 2 cores)
-    python experiments/fewest_steers/run.py --out /tmp/fs --quick             # every code path, all four parts, minutes
+    python experiments/fewest_steers/run.py --out outputs/fewest_steers      # the dial (see below; hours on 2 cores)
+    python experiments/fewest_steers/run.py --out /tmp/fs --quick             # every code path, minutes
     python experiments/fewest_steers/analyze.py outputs/fewest_steers         # tables, figures -> paper/
 
-Parts (``--parts``): ``tiny-lists`` and ``tiny-arith`` (the families' tiny task models, full
-fine-tuning, three seeds; on tiny-lists also curves over annotation budgets, the train-prompts
-diagnostic and iterated rounds), ``smollm2-lists`` (SmolLM2-135M-Instruct + LoRA), and, only when
-asked for (``--parts defacto``, or ``--quick``), ``defacto`` (SmolLM2 + LoRA on real human
-corrections of summaries).
+Parts (``--parts``). The **systematicity dial**: each tiny task family (``lists``, ``arith``) in each
+error regime of its pretraining answers (``model.errors``, ``localpref.tasks.base``): ``tiny-lists``
+and ``tiny-arith`` (random: one wrong unit drawn at random, noise no steer can teach a rule for),
+``tiny-<family>-systematic`` (one rule wherever the prompt fires it, learnt and made greedily on new
+prompts) and ``tiny-<family>-mixed`` (half each); full fine-tuning, three seeds, every method and the
+positive control. ``smollm2-style``: SmolLM2-135M-Instruct + LoRA on its own habit (American
+spellings against a British house style, ``localpref.tasks.style``). Only when asked for:
+``smollm2-lists`` and ``defacto`` (SmolLM2 + LoRA on real human corrections of summaries).
+
+Methods (``METHODS``): 1 SFT on spans, 2 SFT on rewrites, 3 DPO on rewrites, 4 localized DPO, 5
+localized + SFT anchor, 6 Step-DPO, 7 the localized variant chosen on val, 8 DPOP and 9 Cal-DPO
+(localized, both keeping the corrected span likely), and the **positive control** (``CONTROL``): SFT
+on full correct answers of every prompt of a train collection four times the methods' size (a
+finite family with fewer train prompts: all of them; tiny lists has 249, the methods' own), with no
+annotation budget: not an option a user has, but proof that the protocol can detect a gain; a part
+whose control does not beat the base model has no power, and no conclusion is drawn from it.
+
+Collection decodes greedily by default (``Part.temperature`` 0), as the evaluation does, so training
+steers fix the errors the evaluation meets; ``tiny-lists-systematic`` also collects at temperature
+1.0 and trains every method on that (``final_t1``, the second condition).
 
 Per task part (tiny-*, smollm2-*), in order (each stage resumable: a job whose ``result.json``
 exists is skipped, so rerunning the command continues where it stopped):
 
-1. ``collect``: per seed, the base model steers on train prompts (sampled at ``temperature``), and
+1. ``collect``: per seed, the base model steers on train prompts (at ``temperature``, greedy by
+   default), on the control's larger set of train prompts, at temperature 1.0 where ``t1``, and
    held-out steers on val and heldout prompts (for the preference metrics of the trainer).
 2. ``base``: the base model evaluated exactly as the trained ones (a run of one step at learning
    rate 0): greedy steering on val and heldout prompts, preference metrics on the held-out steers.
@@ -23,8 +39,9 @@ exists is skipped, so rerunning the command continues where it stopped):
    tuning budget, for every method), seed 0, main budget, evaluated on **val** prompts; the
    learning rate with the fewest steers to verify wins (every prompt counts, an unverified one as
    the budget + 1: ``localpref.steering.steers_to_verify``; ties: higher pass rate).
-5. ``final``: every method at its learning rate x ``seeds`` x ``budgets``, evaluated once on
-   **heldout** prompts (never used for any choice).
+5. ``final``: every method at its learning rate x ``seeds`` x ``budgets`` (the control: no budget),
+   evaluated once on **heldout** prompts (never used for any choice); ``final_t1``: the same on the
+   temperature-1.0 collection, main budget.
 6. ``trainprompts`` (a diagnostic): every method, seed 0, steering on the train prompts its steers
    came from; ``iterate``: the two best methods on val: round 1 trains on the first half of the budget, the
    round-1 model collects new steers on train prompts round 1 did not use, round 2 trains it on
@@ -58,7 +75,15 @@ METHODS: dict[str, list[str]] = {
     "localized": ["loss=localized"],                                 # 4 localized DPO (hunk spans)
     "localized_anchor": ["loss=localized_anchor"],                   # 5 + SFT anchor on the span
     "step_dpo": ["loss=localized", "data.span=continuation"],        # 6 Step-DPO: whole continuation
+    "dpop": ["loss=dpop"],                                           # 8 DPOP: localized, chosen kept likely
+    "cal_dpo": ["loss=cal_dpo"],                                     # 9 Cal-DPO: localized, calibrated log-ratios
 }
+# The positive control: SFT on full correct answers (the model's answer rewritten) of every prompt of
+# a collection CONTROL_SCALE times the size of the methods' (at most the family's train split), with
+# no annotation budget. It is not a
+# method a user could afford: it shows whether the protocol can detect a gain at all.
+CONTROL: list[str] = ["loss=sft", "data.form=rewrites"]
+CONTROL_SCALE = 4
 # The base model's evaluation: one SGD step at learning rate 0 (weights unchanged), evaluated like the rest.
 BASE = ["loss=localized", "trainer.optimizer=sgd", "trainer.max_steps=1", "trainer.warmup_steps=0"]
 # Candidates for method 7, aimed at the corrected span becoming *less* likely under plain localized DPO.
@@ -83,7 +108,11 @@ class Part:
     n_train: int  # train prompts to collect on (or DeFacto train rows)
     n_val: int
     n_heldout: int
-    temperature: float = 1.0  # collection sampling temperature
+    errors: str = "random"  # tiny task models: how their pretraining answers err (random | systematic | mixed)
+    temperature: float = 0.0  # collection sampling temperature (0: greedy, as the evaluation decodes)
+    t1: bool = False  # also collect at temperature 1.0 and train the methods on it (a second condition)
+    t1_methods: list[str] | None = None  # which methods train on the T=1.0 collection (None: all but the control)
+    control: bool = True  # the positive control (CONTROL) in tune and final
     steer_budget: int = 4  # steers per prompt
     max_new_tokens: int = 96  # per generation pass; a pass that runs out goes on, up to max_task_tokens
     max_task_tokens: int | None = None  # tokens per prompt over all passes (None: 4 x max_new_tokens)
@@ -98,43 +127,63 @@ class Part:
     tiny_steps: int | None = None  # quick runs: a cheaper tiny task model
 
 
-def parts(quick: bool) -> dict[str, Part]:
+def tiny_part(family: str, errors: str) -> str:
+    """A tiny part's name: ``tiny-<family>`` in the random regime (the name of the runs before the
+    regimes existed), ``tiny-<family>-<errors>`` otherwise."""
+    return f"tiny-{family}" if errors == "random" else f"tiny-{family}-{errors}"
+
+
+def parts(quick: bool, pilot: bool = False) -> dict[str, Part]:
     tiny_trainer = ["trainer.max_steps=60", "trainer.warmup_steps=6"]
     smol = ["model=smollm2-135m", "peft=lora", "reference=adapter_disabled"]
-    # Sized for about three hours on 2 CPU cores (a tiny-model run is ~40 core-seconds): curves over
-    # budgets, the train-prompts diagnostic and iterated rounds on tiny-lists; tiny-arith at the main
-    # budget only.
-    full = {
-        "tiny-lists": Part("tiny-lists", "lists", ["model=tiny_task", "model.family=lists"], [3e-5, 1e-4, 3e-4],
-                           [0, 1, 2], [0.25, 1.0], 249, 81, 111, trainer=tiny_trainer),
-        "tiny-arith": Part("tiny-arith", "arith", ["model=tiny_task", "model.family=arith"], [3e-5, 1e-4, 3e-4],
-                           [0, 1, 2], [1.0], 300, 100, 125, trainer=tiny_trainer, max_new_tokens=128,
-                           trainprompts=False, iterate=False),
-        # SmolLM2 on CPU: ~2 core-seconds per short training pair, ~50 s per steering evaluation of
-        # 32 prompts and ~3 s per held-out steer scored (full-vocabulary logits and KL): the core
-        # comparison (methods 1, 3, 4, 5) at one learning rate (not tuned; LoRA's usual 5e-4), 64
-        # training pairs per run, the first 32 held-out steers scored, no iterated rounds.
-        "smollm2-lists": Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32,
-                              temperature=0.7, gen_batch=48, micro_batch=8, tune=False, iterate=False,
-                              trainprompts=False, max_new_tokens=64, max_task_tokens=256,
-                              methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor"],
-                              trainer=["trainer.max_steps=8", "trainer.warmup_steps=1", "data.n_eval=32"]),
-        # DeFacto pairs are ~390 tokens (~10 core-seconds each): three methods, 24 pairs per run.
-        "defacto": Part("defacto", None, smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32, micro_batch=4,
-                        methods=["sft_span", "localized", "localized_anchor"], variants=[],
-                        trainer=["trainer.max_steps=6", "trainer.warmup_steps=1", "data.max_length=384",
-                                 "trainer.eval_batch_size=4"]),
-    }
+    # The dial: each tiny family in each error regime, full fine-tuning, three seeds, every method and
+    # the control, tuned on val. On tiny-lists-systematic (the regime built to be teachable) also
+    # curves over annotation budgets, the temperature-1.0 collection, the train-prompts diagnostic and
+    # iterated rounds. A tiny-model run is ~10 core-seconds (trees layout, precomputed reference).
+    full: dict[str, Part] = {}
+    for family, sizes, extra in (("lists", (249, 81, 111), {}), ("arith", (300, 100, 125), {"max_new_tokens": 96})):
+        for errors in ("random", "systematic", "mixed"):
+            main = (family, errors) == ("lists", "systematic")
+            name = tiny_part(family, errors)
+            full[name] = Part(name, family, ["model=tiny_task", f"model.family={family}"], [3e-5, 1e-4, 3e-4],
+                              [0, 1, 2], [0.1, 0.25, 0.5, 1.0] if main else [1.0], *sizes, errors=errors,
+                              trainer=tiny_trainer, t1=main, trainprompts=main, iterate=main, **extra)
+    # SmolLM2 on CPU: ~2 core-seconds per short training pair, ~50 s per steering evaluation of 32
+    # prompts: the core comparison at one learning rate (not tuned; LoRA's usual 5e-4), no rounds.
+    smol_part = dict(gen_batch=48, micro_batch=8, tune=False, iterate=False, trainprompts=False, max_new_tokens=64,
+                     max_task_tokens=256, methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor", "dpop"],
+                     trainer=["trainer.max_steps=8", "trainer.warmup_steps=1", "data.n_eval=32"])
+    # style: SmolLM2's own habit (American spellings) against a house style (localpref.tasks.style).
+    full["smollm2-style"] = Part("smollm2-style", "style", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32, **smol_part)
+    full["smollm2-lists"] = Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32,
+                                 **{**smol_part, "methods": smol_part["methods"][:4]})
+    # DeFacto pairs are ~390 tokens (~10 core-seconds each): three methods, 24 pairs per run.
+    full["defacto"] = Part("defacto", None, smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32, micro_batch=4,
+                           methods=["sft_span", "localized", "localized_anchor"], variants=[], control=False,
+                           trainer=["trainer.max_steps=6", "trainer.warmup_steps=1", "data.max_length=384",
+                                    "trainer.eval_batch_size=4"])
+    if pilot:
+        # A first look at the dial, in well under an hour on 2 cores: the tiny families in each regime
+        # whose model is ready, the core methods and the control, one learning rate for every method
+        # (no tuning: the same, empty, tuning budget for all), the main budget, three seeds.
+        return {k: replace(p, lr_grid=[1e-4], tune=False, budgets=[1.0], variants=[], t1=False, trainprompts=False,
+                           iterate=False, methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor", "dpop",
+                                                   "cal_dpo"])
+                for k, p in full.items() if k.startswith("tiny-")}
     if not quick:
         return full
     # Quick: every code path once, on tiny sizes (tiny-lists: all methods, two learning rates, two
-    # budgets, two seeds; the other parts only what differs in them: their model and data).
+    # budgets, two seeds, the T=1.0 condition, the diagnostic and rounds; the other parts only what
+    # differs in them: their model, regime and data).
     q = dict(seeds=[0], budgets=[1.0], n_train=12, n_val=6, n_heldout=6, max_new_tokens=24, gen_batch=16,
-             lr_grid=[1e-4], tiny_steps=40, methods=["localized", "dpo_rewrite"], variants=["apo_zero"])
-    out = {k: replace(p, **q, trainer=[*p.trainer, "trainer.max_steps=2"]) for k, p in full.items()}
+             lr_grid=[1e-4], tiny_steps=40, methods=["localized", "dpo_rewrite"], variants=["apo_zero"],
+             t1=False, trainprompts=False, iterate=False)
+    out = {k: replace(full[k], **q, trainer=[*full[k].trainer, "trainer.max_steps=2"])
+           for k in ("tiny-lists", "tiny-arith-systematic", "smollm2-style", "defacto")}
     out["tiny-lists"] = replace(out["tiny-lists"], lr_grid=[1e-4, 3e-4], budgets=[0.5, 1.0], seeds=[0, 1],
-                                methods=list(METHODS), variants=list(VARIANTS))
-    for name in ("smollm2-lists", "defacto"):  # SmolLM2 steps are slow on CPU: one step of two pairs
+                                methods=list(METHODS), variants=list(VARIANTS), t1=True,
+                                t1_methods=["localized", "dpo_rewrite"], trainprompts=True, iterate=True)
+    for name in ("smollm2-style", "defacto"):  # SmolLM2 steps are slow on CPU: one step of two pairs
         out[name] = replace(out[name], methods=["localized"], variants=out[name].variants[:1], n_train=4,
                             n_heldout=2, micro_batch=2, max_new_tokens=16,
                             trainer=[*full[name].trainer, "trainer.max_steps=1", "data.max_length=256"])
@@ -154,9 +203,11 @@ def _init_worker() -> None:
 def _model_dir(part: dict) -> str | None:
     if part["family"] is None or not part["model"][0].startswith("model=tiny_task"):
         return None
-    from localpref.tasks.pretrain import TinySpec, task_model_dir
+    from localpref.tasks.pretrain import default_spec, task_model_dir
 
-    spec = TinySpec() if part["tiny_steps"] is None else TinySpec(steps=part["tiny_steps"], warmup_steps=5)
+    spec = default_spec(part["family"], part["errors"])
+    if part["tiny_steps"] is not None:
+        spec = replace(spec, steps=part["tiny_steps"], warmup_steps=5)
     return str(task_model_dir(part["family"], spec))
 
 
@@ -171,7 +222,9 @@ def job_model_info(part: dict, out: str) -> dict:
 def model_overrides(part: dict) -> list[str]:
     """The part's model overrides; a quick tiny model is passed as a folder."""
     folder = _model_dir(part)
-    return ["model=local", f"model.path={folder}"] if folder and part["tiny_steps"] else list(part["model"])
+    if folder and part["tiny_steps"]:
+        return ["model=local", f"model.path={folder}"]
+    return [*part["model"], f"model.errors={part['errors']}"] if folder else list(part["model"])
 
 
 def job_collect(part: dict, split: str, n: int, seed: int, temperature: float, out: str,
@@ -312,31 +365,57 @@ def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> lis
 def run_task_part(runner: Runner, part: Part) -> None:
     d, p = runner.out / part.name, asdict(part)
     collect = d / "collect"
-    # 1. collections per seed: sampled steering on train, val and heldout prompts.
+    # 1. collections per seed: steering (greedy by default, as the evaluation decodes) on train, val
+    #    and heldout prompts; for the control a train collection CONTROL_SCALE times larger (as many
+    #    train prompts as a finite family has, if fewer); for the second condition one at T=1.0.
+    from localpref.tasks import get_family
+
+    family = get_family(part.family)
+    n_control = CONTROL_SCALE * part.n_train
+    if family.finite:
+        n_control = min(n_control, len(family.tasks("train")))
     calls = [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
-              for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
-                                                      ("heldout", part.n_heldout)) if n]
+             for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
+                                                     ("heldout", part.n_heldout)) if n]
+    calls += [(p, "train", n_control, seed, part.temperature, str(collect / f"train_control_s{seed}.jsonl"))
+              for seed in part.seeds if part.control]
+    calls += [(p, "train", part.n_train, seed, 1.0, str(collect / f"train_t1_s{seed}.jsonl"))
+              for seed in part.seeds if part.t1]
     calls = [c for c in calls if c[2]]  # no val prompts where nothing is tuned
     calls = [c for c in calls if not Path(c[-1]).with_suffix(".summary.json").exists()]
     runner.stage(part.name, "collect", job_collect, calls)
     from localpref.data.collected import load_collected, trajectory_cost
     from localpref.steering import read_records
 
-    full_cost = {s: sum(trajectory_cost(r, "steers") for r in read_records(collect / f"train_s{s}.jsonl"))
-                 for s in part.seeds}
+    costs: dict[Path, int] = {}
+
+    def full_cost(data: Path) -> int:
+        """Characters of every steer of a collection: the budgets are shares of it."""
+        if data not in costs:
+            costs[data] = sum(trajectory_cost(r, "steers") for r in read_records(data))
+        return costs[data]
+
     model = model_overrides(p) + [f"trainer.micro_batch_size={part.micro_batch}"]
 
-    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=(), data=None):
+    def spec(name, method_ovs, seed, budget, lr, split, eval_seed=None, extra=(), data=None, cost_of=None):
+        """A run's settings. ``budget``: a share of the steer cost of collection ``cost_of`` (default:
+        the data's own; iterated rounds: the main collection's), or None (no budget: the control)."""
         s = part.seeds[0] if eval_seed is None else eval_seed
-        data = data or collect / f"train_s{seed}.jsonl"
+        main = collect / f"train_s{seed}.jsonl"
+        data = data or main
+        if method_ovs is CONTROL:
+            data = collect / f"train_control_s{seed}.jsonl"
         form = "rewrites" if "data.form=rewrites" in method_ovs else "steers"
-        pairs = len(load_collected(data, form=form, cost_budget=int(budget * full_cost[seed]))[0])
+        chars = None if budget is None else int(budget * full_cost(cost_of or data))
+        taken = load_collected(data, form=form, cost_budget=chars)
+        pairs = len(taken[0])
         micro = [f"trainer.micro_batch_size={pairs}"] if pairs < part.micro_batch else []  # a small budget
         return {"name": name, "info": {"method": name.split("@")[0], "seed": seed, "budget": budget, "lr": lr,
-                                       "eval_split": split, "budget_chars": int(budget * full_cost[seed])},
+                                       "eval_split": split, "data": Path(data).name,
+                                       "budget_chars": taken[1]["chars"] if chars is None else chars},
                 "overrides": [*model, *part.trainer, *method_ovs, "data=collected", f"data.path={data}",
                               f"data.eval_path={collect / f'{split}_s{s}.jsonl'}",
-                              f"data.cost_budget={int(budget * full_cost[seed])}", f"trainer.lr={lr}",
+                              f"data.cost_budget={'null' if chars is None else chars}", f"trainer.lr={lr}",
                               f"seed={seed}", f"steer_eval.family={part.family}", f"steer_eval.split={split}",
                               f"steer_eval.n={ {'val': part.n_val, 'train': part.n_train}.get(split, part.n_heldout)}",
                               f"steer_eval.budget={part.steer_budget}",
@@ -348,23 +427,28 @@ def run_task_part(runner: Runner, part: Part) -> None:
     splits = (["val"] if part.tune else []) + ["heldout"]
     train_jobs(runner, part, "base", [spec(f"base@{split}@s{seed}", BASE, seed, main_budget, 0.0, split,
                                            eval_seed=seed) for split in splits for seed in part.seeds])
-    if part.tune:
+    if not part.variants:  # no method 7 in this part
+        best_variant = None
+    elif part.tune:
         # 3. the variant study (method 7).
         results = train_jobs(runner, part, "variant", [spec(f"{v}@{mid_lr}", VARIANTS[v], s0, main_budget, mid_lr,
                                                             "val") for v in part.variants])
         best_variant = min(results, key=_score)["method"]
         (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers to verify"}))
     else:  # the choice made on the tiny model of the same family
-        chosen_file = runner.out / f"tiny-{part.family}" / "variant.json"
+        chosen_file = runner.out / tiny_part(part.family if part.family != "style" else "lists", "systematic") / "variant.json"
         if chosen_file.exists():
             best_variant, by = json.loads(chosen_file.read_text())["chosen"], f"taken from {chosen_file.parent.name}"
         else:
             best_variant, by = part.variants[0], f"the first candidate ({chosen_file} does not exist)"
         (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": by}))
-    methods = {**{m: METHODS[m] for m in part.methods}, "variant": VARIANTS[best_variant]}
+    methods = {**{m: METHODS[m] for m in part.methods},
+               **({"variant": VARIANTS[best_variant]} if best_variant else {}),
+               **({"control": CONTROL} if part.control else {})}
+    budget_of = lambda m, b: None if m == "control" else b  # noqa: E731  (the control has no budget)
     if part.tune:
-        # 4. tuning: same learning-rate grid for every method, on val.
-        results = train_jobs(runner, part, "tune", [spec(f"{m}@{lr}", ovs, s0, main_budget, lr, "val")
+        # 4. tuning: same learning-rate grid for every method (the control too), on val.
+        results = train_jobs(runner, part, "tune", [spec(f"{m}@{lr}", ovs, s0, budget_of(m, main_budget), lr, "val")
                                                     for m, ovs in methods.items() for lr in part.lr_grid])
         best = {m: min((r for r in results if r["method"] == m), key=_score) for m in methods}
         chosen = {m: r["lr"] for m, r in best.items()}
@@ -372,25 +456,34 @@ def run_task_part(runner: Runner, part: Part) -> None:
         chosen = {m: part.lr_grid[0] for m in methods}
     (d / "tuned.json").write_text(json.dumps({"lr": chosen, "variant": best_variant, "tuned": part.tune}, indent=1))
     # 5. final: every method, seeds x budgets, on heldout (read once per run, never for a choice).
-    train_jobs(runner, part, "final", [spec(f"{m}@b{b}@s{seed}", methods[m], seed, b, chosen[m], "heldout",
-                                            eval_seed=seed)
-                                       for m in methods for seed in part.seeds for b in part.budgets])
+    train_jobs(runner, part, "final", [spec(f"{m}@b{b}@s{seed}", methods[m], seed, budget_of(m, b), chosen[m],
+                                            "heldout", eval_seed=seed)
+                                       for m in methods for seed in part.seeds
+                                       for b in (part.budgets if m != "control" else [main_budget])])
+    # 5a. the second condition: steers collected at temperature 1.0 (each method at its learning rate,
+    # the main budget of that collection's own cost), on the same heldout prompts.
+    if part.t1:
+        train_jobs(runner, part, "final_t1", [spec(f"{m}@t1@s{seed}", methods[m], seed, main_budget, chosen[m],
+                                                   "heldout", eval_seed=seed,
+                                                   data=collect / f"train_t1_s{seed}.jsonl")
+                                              for m in methods if m != "control" and (part.t1_methods is None or m in part.t1_methods)
+                                              for seed in part.seeds])
     # 5b. a diagnostic, not a result: steering on the train prompts whose steers were trained on (seed 0,
     # main budget). If training lowers the steers needed there but not on heldout prompts, what was
     # learnt does not carry over to new prompts.
     if part.trainprompts:
         train_jobs(runner, part, "trainprompts", [spec(f"{m}@train", ovs, s0, main_budget, chosen.get(m, 0.0),
                                                        "train", eval_seed=s0)
-                                                  for m, ovs in {"base": BASE, **methods}.items()])
+                                                  for m, ovs in {"base": BASE, **methods}.items() if m != "control"])
     # 6. iterated on-policy rounds for the two best methods on val.
     if part.iterate:
         if not part.tune:
             raise ValueError(f"{part.name}: iterated rounds pick the two best methods on val, which needs tune=True")
-        top2 = [m for m, _ in sorted(best.items(), key=lambda kv: _score(kv[1]))[:2]]
-        run_rounds(runner, part, spec, methods, chosen, top2, main_budget, full_cost)
+        top2 = [m for m, _ in sorted(best.items(), key=lambda kv: _score(kv[1])) if m != "control"][:2]
+        run_rounds(runner, part, spec, methods, chosen, top2, main_budget)
 
 
-def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget, full_cost) -> None:
+def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget) -> None:
     """Round 1 at half the budget (exported), round-1 model collects on the unused train prompts,
     round 2 trains the round-1 model on half the budget of that collection."""
     d, p = runner.out / part.name, asdict(part)
@@ -412,7 +505,7 @@ def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget, 
         run_dir = d / "runs" / "iterate" / r["name"]
         data = d / "collect" / f"round2_{r['method']}_s{r['seed']}.jsonl"
         s = spec(f"{r['method']}@round2@s{r['seed']}", methods[r["method"]], r["seed"], half, chosen[r["method"]],
-                 "heldout", eval_seed=r["seed"], data=data)
+                 "heldout", eval_seed=r["seed"], data=data, cost_of=d / "collect" / f"train_s{r['seed']}.jsonl")
         s["overrides"] = [o for o in s["overrides"] if not o.startswith(("model=", "model."))]
         s["overrides"] += ["model=local", f"model.path={run_dir / 'export'}"]
         s["info"]["round"] = 2
@@ -453,21 +546,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: every code path in minutes")
-    parser.add_argument("--parts", nargs="+", choices=["tiny-lists", "tiny-arith", "smollm2-lists", "defacto"],
-                        help="which parts, in order (smollm2-lists takes method 7 from tiny-lists); default: "
-                             "all but defacto (and all four with --quick)")
+    parser.add_argument("--pilot", action="store_true",
+                        help="a first look at the dial: tiny parts, core methods + control, one lr, main budget")
+    parser.add_argument("--parts", nargs="+", choices=list(parts(False)),
+                        help="which parts, in order (the SmolLM2 parts take method 7 from tiny-lists-systematic); "
+                             "default: the six tiny parts and smollm2-style (with --quick: the quick parts)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--defacto", default=str(Path(os.environ.get("LOCALPREF_SHARED", "../shared")) / "data" / "defacto"))
     args = parser.parse_args()
     # DeFacto steers are ~390 tokens: scoring them on CPU costs more than the three-hour budget leaves.
-    args.parts = args.parts or (["tiny-lists", "tiny-arith", "smollm2-lists"]
-                                + (["defacto"] if args.quick else []))
+    if args.quick and args.pilot:
+        parser.error("--quick and --pilot are different runs: choose one")
+    table = parts(args.quick, args.pilot)
+    args.parts = args.parts or [k for k in table if args.quick or k.startswith("tiny-") or k == "smollm2-style"]
+    missing = [k for k in args.parts if k not in table]
+    if missing:
+        raise SystemExit(f"no part {', '.join(missing)} in the {'quick' if args.quick else 'full'} run")
     args.out.mkdir(parents=True, exist_ok=True)
-    table = parts(args.quick)
     settings_file = args.out / "settings.json"
-    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {"quick": args.quick, "parts": {}}
-    if settings["quick"] != args.quick:
-        raise SystemExit(f"{args.out} holds a {'quick' if settings['quick'] else 'full'} run: use another --out")
+    settings = (json.loads(settings_file.read_text()) if settings_file.exists()
+                else {"quick": args.quick, "pilot": args.pilot, "parts": {}})
+    if settings["quick"] != args.quick or settings.get("pilot", False) != args.pilot:
+        raise SystemExit(f"{args.out} holds another kind of run (quick, pilot or full): use another --out")
     settings["parts"].update({k: asdict(table[k]) for k in args.parts})
     settings_file.write_text(json.dumps({**settings, "methods": METHODS, "variants": VARIANTS}, indent=1))
     for name in args.parts:  # each part lists the runs of this invocation's settings again
