@@ -8,6 +8,7 @@ talk to a family through the ``TaskFamily`` interface in ``localpref.tasks.base`
 
     lists   lists of items under a checkable rule ("List 4 prime numbers greater than 40.")
     arith   a chain of additions and subtractions, one operation per line
+    style   a house style, British spelling, in short answers where SmolLM2 writes American ("colour", not "color")
 """
 
 from __future__ import annotations
