@@ -185,7 +185,7 @@ def parts(quick: bool, pilot: bool = False) -> dict[str, Part]:
                                 t1_methods=["localized", "dpo_rewrite"], trainprompts=True, iterate=True)
     for name in ("smollm2-style", "defacto"):  # SmolLM2 steps are slow on CPU: one step of two pairs
         out[name] = replace(out[name], methods=["localized"], variants=out[name].variants[:1], n_train=4,
-                            n_heldout=2, micro_batch=2, max_new_tokens=16,
+                            n_heldout=2, micro_batch=2, max_new_tokens=16, max_task_tokens=32,
                             trainer=[*full[name].trainer, "trainer.max_steps=1", "data.max_length=256"])
     return out
 
@@ -348,7 +348,9 @@ def _score(result: dict) -> tuple[float, float]:
 
 
 def train_jobs(runner: Runner, part: Part, stage: str, specs: list[dict]) -> list[dict]:
-    """Train runs of ``specs`` ({name, overrides, info}) not yet done; returns all their results."""
+    """Train runs of ``specs`` ({name, overrides, info}) not yet done; returns all their results.
+    A None spec (``spec``: no training pair in its data) is left out."""
+    specs = [s for s in specs if s is not None]
     root = runner.out / part.name / "runs" / stage
     for s in specs:  # a run killed before it finished, or done with other settings, starts over
         done = _done(root / s["name"])
@@ -409,6 +411,9 @@ def run_task_part(runner: Runner, part: Part) -> None:
         chars = None if budget is None else int(budget * full_cost(cost_of or data))
         taken = load_collected(data, form=form, cost_budget=chars)
         pairs = len(taken[0])
+        if pairs == 0:  # e.g. rewrites of a collection whose wrong answers were all cut off: nothing to train
+            print(f"{part.name}: {name} skipped: its data ({Path(data).name}, budget {budget}) holds no training pair")
+            return None
         micro = [f"trainer.micro_batch_size={pairs}"] if pairs < part.micro_batch else []  # a small budget
         return {"name": name, "info": {"method": name.split("@")[0], "seed": seed, "budget": budget, "lr": lr,
                                        "eval_split": split, "data": Path(data).name,
@@ -450,8 +455,9 @@ def run_task_part(runner: Runner, part: Part) -> None:
         # 4. tuning: same learning-rate grid for every method (the control too), on val.
         results = train_jobs(runner, part, "tune", [spec(f"{m}@{lr}", ovs, s0, budget_of(m, main_budget), lr, "val")
                                                     for m, ovs in methods.items() for lr in part.lr_grid])
-        best = {m: min((r for r in results if r["method"] == m), key=_score) for m in methods}
-        chosen = {m: r["lr"] for m, r in best.items()}
+        best = {m: min((r for r in results if r["method"] == m), key=_score) for m in methods
+                if any(r["method"] == m for r in results)}  # a method with no training pair ran nothing
+        chosen = {m: best[m]["lr"] if m in best else mid_lr for m in methods}
     else:
         chosen = {m: part.lr_grid[0] for m in methods}
     (d / "tuned.json").write_text(json.dumps({"lr": chosen, "variant": best_variant, "tuned": part.tune}, indent=1))
@@ -486,6 +492,8 @@ def run_task_part(runner: Runner, part: Part) -> None:
 def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget) -> None:
     """Round 1 at half the budget (exported), round-1 model collects on the unused train prompts,
     round 2 trains the round-1 model on half the budget of that collection."""
+    from localpref.tasks import get_family
+
     d, p = runner.out / part.name, asdict(part)
     half = budget / 2
     specs = [spec(f"{m}@round1@s{seed}", methods[m], seed, half, chosen[m], "heldout", eval_seed=seed,
@@ -497,8 +505,17 @@ def run_rounds(runner: Runner, part: Part, spec, methods, chosen, top2, budget) 
         first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
         out = d / "collect" / f"round2_{r['method']}_s{r['seed']}.jsonl"
         if not out.with_suffix(".summary.json").exists():  # the prompts round 1 did not pay for
-            calls.append((p, "train", part.n_train, r["seed"] + 100, part.temperature, str(out),
-                          str(run_dir / "export"), int(first["data/collected/trajectories_taken"])))
+            # When round 1's half budget paid for every prompt (a greedy collection whose answers are
+            # mostly right costs little), round 2 goes on past them: at least half as many new ones.
+            taken = int(first["data/collected/trajectories_taken"])
+            n = taken + max(part.n_train - taken, part.n_train // 2)
+            family = get_family(part.family)
+            if family.finite:
+                n = min(n, len(family.tasks("train")))
+            if n <= taken:
+                raise SystemExit(f"{part.name}: round 1 of {r['name']} used every train prompt of the family: "
+                                 f"no prompt is left for round 2")
+            calls.append((p, "train", n, r["seed"] + 100, part.temperature, str(out), str(run_dir / "export"), taken))
     runner.stage(part.name, "iterate-collect", job_collect, calls)
     specs = []
     for r in round1:
