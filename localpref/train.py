@@ -28,9 +28,9 @@ from localpref.config import DataConfig, LossConfig, TrainConfig, validate
 from localpref.distributed import (all_reduce_sum, gather_full_state_dict, gathered_root, init_processes,
                                    no_grad_sync, wrap_for_processes)
 from localpref.evaluate import evaluate, load_hook
+from localpref.hardware import resolve_cpu_allocator, resolve_precision
 from localpref.log import Progress, RunLogger, log_examples, read_metrics, span_stats, summary_table
 from localpref.losses import REFERENCE_FREE, preference_loss, preference_metrics, sft_loss
-from localpref.hardware import resolve_cpu_allocator, resolve_precision
 from localpref.memory import return_freed_memory
 from localpref.models import build_model
 from localpref.packing import check_packed_attention, collate, epoch_order, micro_batches
@@ -200,10 +200,10 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, float]:
                   **{f"data/{k}": v for k, v in load_counts.items()},
                   **{f"data/skipped/{k}": v + load_counts.get(f"skipped/{k}", 0) for k, v in train_skipped.items()},
                   **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}, **span_stats(train_set)}
-    # Training runs no token after the last one its loss reads (hunk mode: the tail after each
-    # side's span); the statistics above describe the steers as tokenized. Evaluation keeps them.
     data_stats["trainer/precision"] = precision  # what trainer.precision=auto chose on this machine
-    # (A precomputed reference table is built on the whole pairs, so a sweep over masks shares it.)
+    # Training runs no token after the last one its loss reads (hunk mode: the tail after each
+    # side's span); the statistics above describe the steers as tokenized, and evaluation keeps
+    # them whole. A precomputed reference table is built on the whole pairs (a sweep over masks shares it).
     whole_train_set, train_set = train_set, [drop_unread_tail(e, cfg.loss.mask) for e in train_set]
     global_batch = t.micro_batch_size * t.grad_accum * procs.world
     if len(train_set) < global_batch:
