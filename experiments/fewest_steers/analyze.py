@@ -412,6 +412,13 @@ def error_profile(runs: list[dict]) -> tuple[int, int, int]:
     return len(kinds), sum(k != "none" for k in kinds), sum(k == "systematic" for k in kinds)
 
 
+def _base_for(runs: list[dict], base: list[dict]) -> list[dict]:
+    """The base-model run paired with each of ``runs``: the one of the same seed, else the first (the
+    base model is one model, evaluated greedily: its seeds' outcomes are the same)."""
+    by_seed = {b["seed"]: b for b in base}
+    return [by_seed.get(r["seed"], base[0]) for r in runs]
+
+
 def control_power(summary, part: str) -> tuple[str, tuple[float, float, float] | None]:
     """("yes" | "no" | "no control", (diff, lo, hi)): does the positive control lower held-out steers
     to verify below the base model's, its paired interval (seeds x prompts) excluding 0?"""
@@ -420,10 +427,8 @@ def control_power(summary, part: str) -> tuple[str, tuple[float, float, float] |
     base = _runs(summary, part, "base", eval_split="heldout")
     if not control or not base or any("prompts" not in r for r in control + base):
         return "no control", None
-    if [r["seed"] for r in control] != [r["seed"] for r in base]:
-        base = [next(b for b in base if b["seed"] == r["seed"]) if any(b["seed"] == r["seed"] for b in base)
-                else base[0] for r in control]  # the base model is one model: any seed's outcomes
-    d = paired_ci([_outcomes(r, steer_budget) for r in control], [_outcomes(r, steer_budget) for r in base], STV)
+    d = paired_ci([_outcomes(r, steer_budget) for r in control],
+                  [_outcomes(r, steer_budget) for r in _base_for(control, base)], STV)
     return ("yes" if d[2] < 0 else "no"), d
 
 
@@ -457,10 +462,8 @@ def dial(summary) -> tuple[dict[str, str], dict[str, str]]:
             if method == "base" or any("prompts" not in r for r in runs + base):
                 delta = "--"
             else:
-                by_seed = {b["seed"]: b for b in base}
-                theirs = [by_seed.get(r["seed"], base[0]) for r in runs]
                 dd = paired_ci([_outcomes(r, steer_budget) for r in runs],
-                               [_outcomes(r, steer_budget) for r in theirs], STV)
+                               [_outcomes(r, steer_budget) for r in _base_for(runs, base)], STV)
                 delta = _interval(*dd)
                 numbers[_macro(part, method, "vsbase")] = delta
                 csv_rows.append([part, settings["family"], regime, method,
