@@ -36,7 +36,7 @@ class ModelConfig:
     source: str = MISSING  # "tiny" (random Llama-style, for tests) | "smollm2" | "local" (HF folder at `path`)
     # | "tiny_task" (the pretrained tiny model of task family `family`, localpref.tasks.pretrain)
     path: Optional[str] = None  # local HF model folder (source=local); must hold config + weights
-    family: Optional[str] = None  # task family of a tiny task model (source=tiny_task): lists | arith
+    family: Optional[str] = None  # task family of a tiny task model (source=tiny_task): lists | ranges | arith
     errors: str = "random"  # source=tiny_task: how its pretraining answers err, random | systematic | mixed
     tokenizer: Optional[str] = None  # tokenizer folder, or "smollm2"; None: the model's own folder
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16

@@ -7,6 +7,7 @@ family touches nothing else. The steering loop (``localpref.steering``), the tin
 talk to a family through the ``TaskFamily`` interface in ``localpref.tasks.base``.
 
     lists   lists of items under a checkable rule ("List 4 prime numbers greater than 40.")
+    ranges  the lists rules a tiny model can learn: even/odd numbers in a range, in three phrasings
     arith   a chain of additions and subtractions, one operation per line
     style   a house style, British spelling, in short answers where SmolLM2 writes American ("colour", not "color")
 """

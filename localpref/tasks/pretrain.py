@@ -74,9 +74,10 @@ class TinySpec:
 
 # Per-family changes to TinySpec's defaults. arith: after 400 steps (one-digit operands) the model
 # still got only 46% of result digits and 85% of copied numbers right given the right text before
-# them (teacher-forced, val prompts), its greedy pass rate 0.00, and the loss was still falling;
-# 3000 steps is an estimate, not yet measured (`localpref steer pretrain --family arith --profile
-# 200` prints the pass rate of the model it builds).
+# them (teacher-forced, val prompts), its greedy pass rate 0.00, and the loss was still falling.
+# After 3000 steps (random regime; `localpref steer pretrain --family arith --profile 100`) it
+# passes 0.99 of held-out chains of the pretrained kind (79 of 80) and none of the never-trained
+# chains of five (its first line is wrong); 23 minutes at one thread on a shared 2-core box.
 _FAMILY_SPECS: dict[str, dict] = {"arith": {"steps": 3000}}
 
 
