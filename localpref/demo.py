@@ -1,15 +1,20 @@
 """The main job: ``localpref demo`` (run by ``bash scripts/run.sh demo``).
 
-Does the model need fewer steers after training on its own steers? On the ``lists`` task family,
-with its tiny task model (``localpref.tasks.pretrain``, built once and cached):
+Does the model need fewer steers after training on its own steers? On the ``ranges`` task family
+(``localpref.tasks.ranges``), with its tiny task model in the systematic regime (it reads "between"
+inclusively: an error with a cause, the regime of the fewest-steers experiment where steers helped
+most; ``localpref.tasks.pretrain``, built once and cached; ``model.family``/``model.errors`` choose
+another):
 
-1. collect steers from the model itself: sampled answers to train prompts, stopped at the first
-   wrong item, corrected by the family's program, resumed (``localpref.steering``), and, the same
-   way, held-out steers on val prompts for the preference metrics;
+1. collect steers from the model itself: its greedy answers to every train prompt (the decoding
+   the evaluation uses), stopped at the first wrong item, corrected by the family's program,
+   resumed (``localpref.steering``), and, the same way, held-out steers on val prompts for the
+   preference metrics;
 2. train the localized loss on the train steers (``conf/experiment/demo.yaml``);
 3. before and after training: greedy steering on held-out prompts (steers to verify, pass rate
    without steers, share verified within the budget, 95% intervals) and the
-   preference metrics on the held-out steers.
+   preference metrics on the held-out steers; then a verdict: fewer (or more) steers only when
+   the two intervals of steers to verify do not overlap, else no measurable change.
 
 Writes ``collect/``, ``metrics.jsonl``, ``config.yaml``, ``steer_eval.jsonl`` (the final
 evaluation's trajectories), ``demo.png`` and ``export/`` into ``outputs/demo/<time>`` (or
@@ -36,7 +41,7 @@ SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) >
          ("eval/span/nll", "NLL per token of the corrected span"),
          ("eval/drift/nll", "NLL per token of whole corrected completions (drift)"),
          ("eval/drift/kl", "KL(policy || reference) per completion token (drift)")]
-COLLECT = {"train": dict(n=None, temperature=1.0, budget=4), "val": dict(n=None, temperature=1.0, budget=4)}  # all prompts
+COLLECT = {"train": dict(n=None, temperature=0.0, budget=4), "val": dict(n=None, temperature=0.0, budget=4)}  # all prompts, greedy
 
 
 def collect(cfg, run_dir: Path) -> dict[str, Path]:
@@ -88,6 +93,7 @@ def run_demo(overrides: list[str]) -> int:
     print(f"  (steers to verify: steers spent per prompt, {cfg.steer_eval.budget + 1} for a prompt not verified "
           f"within {cfg.steer_eval.budget}; {int(after.get('eval/steer/token_capped', 0))} prompts ended on the "
           f"token cap)")
+    print(verdict(before, after))
     print(f"\nheld-out preference metrics on {counts['data/eval_pairs']} steers, before -> after training:")
     for key, text in SHOWN:
         if key in after:
@@ -96,6 +102,17 @@ def run_demo(overrides: list[str]) -> int:
     print(f"\n{minutes:.1f} min; run directory {run_dir}: metrics.jsonl, config.yaml, steer_eval.jsonl, "
           f"{plot.name}, export/")
     return 0
+
+
+def verdict(before: dict, after: dict, key: str = "eval/steer/steers_to_verify") -> str:
+    """One line: did training change the steers needed? Only intervals that do not overlap count."""
+    (b, b_lo, b_hi), (a, a_lo, a_hi) = ((r[key], r[f"{key}_lo"], r[f"{key}_hi"]) for r in (before, after))
+    if a_hi < b_lo:
+        return f"verdict: fewer steers after training ({b:.2f} -> {a:.2f}; the 95% intervals do not overlap)"
+    if a_lo > b_hi:
+        return f"verdict: MORE steers after training ({b:.2f} -> {a:.2f}; the 95% intervals do not overlap)"
+    return (f"verdict: no measurable change ({b:.2f} -> {a:.2f}; the 95% intervals overlap): training on these "
+            f"steers did not make this model need fewer")
 
 
 def _with_ci(row: dict, key: str) -> str:
@@ -123,7 +140,9 @@ def plot_run(rows: list[dict], path: Path) -> Path:
         for i, (label, r) in enumerate([("before", evals[0]), ("after", evals[-1])]):
             present = [k for k in keys if k in r]
             values = [r[k] for k in present]
-            errs = [[r[k] - r.get(f"{k}_lo", r[k]) for k in present], [r.get(f"{k}_hi", r[k]) - r[k] for k in present]]
+            # clipped at 0: a bootstrap percentile interval need not hold the mean (few prompts, rounding)
+            errs = [[max(0.0, r[k] - r.get(f"{k}_lo", r[k])) for k in present],
+                    [max(0.0, r.get(f"{k}_hi", r[k]) - r[k]) for k in present]]
             ax.bar([j + 0.4 * i for j in range(len(present))], values, width=0.4, label=label, yerr=errs, capsize=3)
         ax.set_xticks([j + 0.2 for j in range(len(keys))], labels[:len(keys)])
         ax.set(title=title)
