@@ -79,6 +79,21 @@ def test_merging_keeps_older_parts_marked_reanalysed(tmp_path):
     assert [r["part"] for r in merged["runs"]] == ["p"] and len(merged["timing"]) == 2
 
 
+def test_parts_of_a_pilot_run_are_marked_and_stay_marked_when_kept(tmp_path):
+    def folder(name, parts, pilot):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "settings.json").write_text(json.dumps({"quick": False, "pilot": pilot,
+                                                       "parts": {p: {"steer_budget": 4} for p in parts}}))
+        (out / "timing.jsonl").write_text("")
+        return out
+
+    merged = analyze.summarize([folder("full", ["a"], False), folder("pilot", ["b", "c"], True)])
+    assert merged["settings"]["pilot_parts"] == ["b", "c"]
+    again = analyze.summarize([folder("rerun", ["c"], False)], merged)  # c re-run in full; b kept from before
+    assert again["settings"]["pilot_parts"] == ["b"] and again["settings"]["reanalysed"] == ["a", "b"]
+
+
 def _cells(md: str):
     lines = md.splitlines()
     header = [h.strip() for h in lines[0].strip("|").split("|")]

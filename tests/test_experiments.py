@@ -56,7 +56,17 @@ def test_fewest_steers_quick_variant_is_well_formed(tmp_path, defacto_dir):
     rounds = [r for r in results if r["stage"] == "iterate" and r.get("round") == 2]
     assert {r["part"] for r in rounds} == {"tiny-lists"} and len(rounds) == 4  # two methods x two seeds
     tiny_lists_final = [r for r in results if (r["part"], r["stage"]) == ("tiny-lists", "final")]
-    assert len(tiny_lists_final) == 9 * 2 * 2 + 2  # methods x seeds x budgets, and the control x seeds
+    # the seven methods on the curve x seeds x budgets; Step-DPO and the variant (off the curve) and
+    # the control x seeds at the main budget only
+    assert len(tiny_lists_final) == 7 * 2 * 2 + 3 * 2
+    assert {r["budget"] for r in tiny_lists_final if r["method"] in ("step_dpo", "variant")} == {1.0}
+    # greedy decoding ignores the seed: seed 1's greedy collections are seed 0's, copied; a control
+    # of scale 1 (smollm2-style) trains on the methods' own collection
+    collect = out / "tiny-lists" / "collect"
+    for name in ("train", "train_control", "heldout"):
+        assert (collect / f"{name}_s1.jsonl").read_bytes() == (collect / f"{name}_s0.jsonl").read_bytes()
+    assert (collect / "train_t1_s1.jsonl").read_bytes() != (collect / "train_t1_s0.jsonl").read_bytes()
+    assert not list((out / "smollm2-style" / "collect").glob("train_control_*"))
     # annotation cost: a method at a budget never spends more than the budget; the control has none
     # and reads a collection four times the size (all it takes is what it spent)
     for r in tiny_lists_final:
@@ -75,6 +85,8 @@ def test_fewest_steers_quick_variant_is_well_formed(tmp_path, defacto_dir):
     assert (gen / "curves_tiny-lists.pdf").stat().st_size > 0
     assert (gen / "rounds_tiny-lists.md").exists() and (gen / "defacto.md").exists()
     assert (gen / "temperature_tiny-lists.md").exists() and (gen / "dial.pdf").stat().st_size > 0
+    profiles = (gen / "profiles.md").read_text()  # the base models' held-out error profiles, one row a part
+    assert "| lists | random | 6 |" in profiles and "| arith | systematic | 6 |" in profiles
     dial = (gen / "dial.md").read_text()
     assert "| lists | random | control" in dial and "| arith | systematic | base model" in dial
     numbers = (gen / "numbers.tex").read_text()

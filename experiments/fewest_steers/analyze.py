@@ -95,6 +95,7 @@ def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict
                           "choices": {p: v for p, v in keep_from["choices"].items() if p in kept},
                           "timing": [t for t in keep_from["timing"] if t["part"] in kept]})
         summary["settings"]["reanalysed"] = sorted(set(kept) | set(keep_from["settings"].get("reanalysed", [])) - fresh)
+        merged[0]["settings"]["pilot"] = [p for p in keep_from["settings"].get("pilot_parts", []) if p in kept]
     for m in merged:
         summary["settings"]["parts"].update(m["settings"]["parts"])
         summary["runs"] += m["runs"]
@@ -102,6 +103,11 @@ def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict
         summary["collections"].update({p: v for p, v in m["collections"].items() if p in mine})
         summary["choices"].update({p: v for p, v in m["choices"].items() if p in mine})
         summary["timing"] += [t for t in m["timing"] if t["part"] != "all"]
+    # parts run with --pilot (one learning rate, core methods): marked in the tables
+    # (a run folder's settings say pilot: true; kept parts of an earlier summary carry their list)
+    pilot = [m["settings"].get("pilot") for m in merged]
+    summary["settings"]["pilot_parts"] = sorted({p for m, flag in zip(merged, pilot) for p in m["settings"]["parts"]
+                                                 if flag is True or p in (flag or [])})
     order = list(summary["settings"]["parts"])
     summary["settings"]["parts"] = {p: summary["settings"]["parts"][p] for p in sorted(order, key=_PART_ORDER)}
     return summary
@@ -109,7 +115,7 @@ def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict
 
 def _PART_ORDER(part: str) -> tuple[int, int]:
     """The tiny parts by family and regime (random, systematic, mixed), then SmolLM2's, then DeFacto."""
-    known = ["tiny-lists", "tiny-arith", "smollm2-style", "smollm2-lists", "defacto"]
+    known = ["tiny-ranges", "tiny-lists", "tiny-arith", "smollm2-style", "smollm2-lists", "defacto"]
     for i, name in enumerate(known):
         for j, regime in enumerate(("", "-systematic", "-mixed")):
             if part == name + regime:
@@ -207,7 +213,8 @@ def _table(name: str, header: list[str], rows: list[list[str]], caption: str) ->
            "\\scriptsize", f"\\caption{{{caption}}}", f"\\label{{tab:{name}}}",
            *(["\\resizebox{\\linewidth}{!}{%"] if wide else []),
            "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
-    tex += [" & ".join(r) + " \\\\" for r in rows]
+    tex_cell = lambda c: c if "$" in c else c.replace("_", "\\_")  # noqa: E731  (final_t1: text, not a subscript)
+    tex += [" & ".join(tex_cell(c) for c in r) + " \\\\" for r in rows]
     tex += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else ""), "\\end{table}", ""]
     md = ["| " + " | ".join(h.replace("$\\le$", "≤") for h in header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(c.replace("\\%", "%").replace("$\\infty$", "∞") for c in r) + " |" for r in rows]
@@ -474,10 +481,12 @@ def dial(summary) -> tuple[dict[str, str], dict[str, str]]:
                     "prompts" in r for r in runs) else (math.nan,) * 3
                 csv_rows.append([part, settings["family"], regime, "base", 0, round(m, 4), round(lo, 4), round(hi, 4)])
             chars = "0" if method == "base" else _fmt(sum(r["budget_chars"] for r in runs) / len(runs), 0)
-            rows.append([settings["family"], regime, LABELS[method], chars, *cells, delta,
+            pilot = " (pilot)" if part in summary["settings"].get("pilot_parts", []) else ""
+            rows.append([settings["family"] + pilot, regime, LABELS[method], chars, *cells, delta,
                          _pref_cell(runs, "eval/span/nll"), _pref_cell(runs, "eval/drift/kl"),
                          power if method == "base" else ""])
             numbers[_macro(part, method, "dialstv")] = cells[0]
+            numbers[_macro(part, method, "dialchars")] = chars
     if not rows:
         return {}, {}
     header = ["family", "regime", "method", "chars", *[c for _, c in STEER_COLS], "$\\Delta$ vs base",
@@ -500,6 +509,29 @@ def dial(summary) -> tuple[dict[str, str], dict[str, str]]:
     return tables, numbers
 
 
+def profiles(summary) -> dict[str, str]:
+    """The base models' greedy error profiles on held-out prompts, per part: how often the unsteered
+    answer is right, and whether its first error is the family's rule (``first_error_kind``)."""
+    rows = []
+    for part in sorted(summary["settings"]["parts"], key=_PART_ORDER):
+        settings = summary["settings"]["parts"][part]
+        base = _runs(summary, part, "base", eval_split="heldout")
+        n, errs, syst = error_profile(base[:1])  # greedy: every seed's base run is the same
+        if not settings.get("family") or not n:
+            continue
+        pilot = " (pilot)" if part in summary["settings"].get("pilot_parts", []) else ""
+        rows.append([settings["family"] + pilot, _regime(summary, part), str(n), _fmt((n - errs) / n),
+                     _fmt(syst / n), _fmt((errs - syst) / n), _fmt(syst / errs) if errs else "--"])
+    if not rows:
+        return {}
+    return _table("profiles", ["family", "regime", "held-out prompts", "pass", "first error: the rule",
+                               "first error: other", "rule's share of first errors"], rows,
+                  "The base models' greedy answers to the held-out prompts, before any steer: the share that "
+                  "passes, and the shares whose first wrong unit is the family's rule (the systematic error: ranges, "
+                  "\\emph{between} read inclusively; lists, a strict bound counted; arith, a dropped carry) or "
+                  "anything else (a random slip, or what the model cannot do).")
+
+
 def plot_dial(csv_text: str, path: Path) -> None:
     """The main figure: held-out steers to verify against characters typed, one panel per part."""
     import matplotlib
@@ -509,21 +541,30 @@ def plot_dial(csv_text: str, path: Path) -> None:
 
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     parts = list(dict.fromkeys(r["part"] for r in rows))
-    fig, axes = plt.subplots(1, len(parts), figsize=(3.1 * len(parts), 3.0), squeeze=False)
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.NullFormatter below)
+
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.1 * len(parts), 3.6), squeeze=False)
     for ax, part in zip(axes[0], parts):
         mine = [r for r in rows if r["part"] == part]
         base = next((r for r in mine if r["method"] == "base"), None)
         if base is not None and base["stv"] != "nan":
             ax.axhspan(float(base["lo"]), float(base["hi"]), color="0.85")
             ax.axhline(float(base["stv"]), color="0.4", lw=1, label="base model")
-        for i, r in enumerate(r for r in mine if r["method"] != "base"):
-            y = float(r["stv"])
-            ax.errorbar([float(r["chars"])], [y], yerr=[[y - float(r["lo"])], [float(r["hi"]) - y]], fmt="o"
-                        if r["method"] != "control" else "s", capsize=2, color=f"C{i % 10}", label=LABELS[r["method"]])
+        for r in (r for r in mine if r["method"] != "base"):
+            y, k = float(r["stv"]), ORDER.index(r["method"])
+            x = float(r["chars"]) * 1.06 ** (k - len(ORDER) / 2)  # spread apart the methods at one cost
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - float(r["lo"]))], [max(0.0, float(r["hi"]) - y)]],
+                        fmt="o" if r["method"] != "control" else "s", capsize=2, color=f"C{k % 10}",
+                        label=LABELS[r["method"]])  # one colour per method in every panel
         ax.set(title=f"{mine[0]['family']}, {mine[0]['regime']}", xlabel="characters typed", xscale="log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].set_ylabel("held-out steers to verify")
-    axes[0][-1].legend(fontsize=5, loc="best")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=min(6, len(handles)))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, metadata={"CreationDate": None, "Producer": None, "Creator": None})
     plt.close(fig)
 
@@ -629,6 +670,8 @@ def curves(summary, part: str) -> dict[str, str]:
     steer_budget = _steer_budget(summary, part)
     rows = []
     for method in ORDER:
+        if len({r["budget"] for r in _runs(summary, part, "final", method=method)} & set(budgets)) < 2:
+            continue  # a method run at the main budget only (Part.curve_methods) has no curve
         for b in budgets:
             runs = _runs(summary, part, "final", method=method, budget=b)
             if runs and all("prompts" in r for r in runs):
@@ -640,6 +683,22 @@ def curves(summary, part: str) -> dict[str, str]:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([["method", "budget", "chars", "metric", "mean", "lo", "hi"], *rows])
     return {f"curves_{part}.csv": buf.getvalue()}
+
+
+_PERCENT = {0.1: "ten", 0.25: "twentyfive", 0.5: "fifty", 1.0: "hundred"}
+
+
+def curve_numbers(curves_csv: str, part: str) -> dict[str, str]:
+    """Macros for the prose from a part's curves: steers to verify '[lo, hi]' and characters per
+    (method, budget), e.g. ``fsTinyRangesSystematicLocalizedBtwentyfiveStv``."""
+    numbers = {}
+    for row in csv.DictReader(io.StringIO(curves_csv)):
+        word = _PERCENT.get(float(row["budget"]))
+        if word is None or row["metric"] != "steers_to_verify":
+            continue
+        numbers[_macro(part, row["method"], f"b{word}-stv")] = _interval(float(row["mean"]), float(row["lo"]), float(row["hi"]))
+        numbers[_macro(part, row["method"], f"b{word}-chars")] = _fmt(float(row["chars"]), 0)
+    return numbers
 
 
 def plot_curves(csv_text: str, path: Path, title: str) -> None:
@@ -688,9 +747,10 @@ def small_numbers(summary, part: str) -> dict[str, str]:
         numbers[_macro(part, "base", "val-pass")] = _fmt(r["metrics"].get("eval/steer/pass_rate"))
         numbers[_macro(part, "base", "val-spannll")] = _fmt(r["metrics"].get("eval/span/nll"))
     for r2 in [r for r in _runs(summary, part, "iterate") if r.get("round") == 2]:
-        vals = [_stv(x, steer_budget) for x in _runs(summary, part, "iterate")
-                if x.get("round") == 2 and x["method"] == r2["method"]]
-        numbers[_macro(part, r2["method"], "round-stv")] = _ci(vals)
+        runs = [x for x in _runs(summary, part, "iterate") if x.get("round") == 2 and x["method"] == r2["method"]]
+        numbers[_macro(part, r2["method"], "round-stv")] = (  # as in the rounds table
+            _steer_cells(runs, steer_budget)[0] if all("prompts" in x for x in runs)
+            else _ci([_stv(x, steer_budget) for x in runs]))
     return numbers
 
 
@@ -771,7 +831,9 @@ def small_tables(summary, part: str) -> dict[str, str]:
             r1 = [r for r in it if r["method"] == method and r.get("round") != 2]
             r2 = [r for r in it if r["method"] == method and r.get("round") == 2]
             spent = lambda runs: [r["data"].get("data/collected/chars", 0) for r in runs]  # noqa: E731
-            rows.append([LABELS[method], *[_ci([_stv(r, steer_budget) for r in x]) for x in (one, r1, r2)],
+            stv = lambda runs: (_steer_cells(runs, steer_budget)[0] if runs and all("prompts" in r for r in runs)  # noqa: E731
+                                else _ci([_stv(r, steer_budget) for r in runs]))
+            rows.append([LABELS[method], *[stv(x) for x in (one, r1, r2)],
                          *[_rate_cell(x, steer_budget, PASSED, "eval/steer/pass_rate") for x in (one, r2)],
                          _ci(spent(one), 0), _ci([a + b for a, b in zip(spent(r1), spent(r2))], 0)])
         out.update(_table(f"rounds_{part}", ["method", "1 round (all)", "round 1 (half)", "2 rounds",
@@ -780,10 +842,10 @@ def small_tables(summary, part: str) -> dict[str, str]:
                           f"{part}: iterated on-policy rounds at equal total cost: steers to verify "
                           f"(and pass rate) after one round on the whole budget vs two rounds of half each, the "
                           f"second on steers collected from the round-1 model; the characters actually spent (the "
-                          f"round-1 model may need fewer steers than the budget allows). Steers to verify and "
-                          f"characters: mean [95\\% Student-t interval over seeds] ('--': runs of the older loop, "
-                          f"which recorded no steers to verify); pass rate: two-way bootstrap over seeds and "
-                          f"prompts, or a Wilson interval pooled over seeds where no per-prompt outcome was kept."))
+                          f"round-1 model may need fewer steers than the budget allows). Steers to verify and pass "
+                          f"rate: mean [95\\% two-way bootstrap over seeds and prompts] (runs of the older loop, which "
+                          f"kept no per-prompt outcome: a Student-t interval over seeds, or a Wilson interval pooled "
+                          f"over seeds for the pass rate); characters: mean [95\\% Student-t interval over seeds]."))
     return out
 
 
@@ -861,6 +923,8 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
             nums.update(paired_numbers)
             tex.update(subfamilies(summary, part))
             tex.update(curves(summary, part))
+            if f"curves_{part}.csv" in tex:
+                nums.update(curve_numbers(tex[f"curves_{part}.csv"], part))
             tex.update(small_tables(summary, part))
             nums.update(small_numbers(summary, part))
             tables, diag_numbers = trainprompts(summary, part)
@@ -874,10 +938,11 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
     files.update(timing(summary))
     tables, dial_numbers = dial(summary)
     files.update(tables)
+    files.update(profiles(summary))
     numbers.update(dial_numbers)
     numbers["fsTotalMinutes"] = _fmt(_total_seconds(summary) / 60, 0)
     numbers["fsQuick"] = "yes" if summary["settings"]["quick"] else "no"
-    numbers["fsPilot"] = "yes" if summary["settings"].get("pilot") else "no"
+    numbers["fsPilot"] = ", ".join(summary["settings"].get("pilot_parts", [])) or "none"
     numbers["fsReanalysed"] = ", ".join(summary["settings"].get("reanalysed", [])) or "none"
     for part, settings in summary["settings"]["parts"].items():
         if settings.get("family"):

@@ -4,26 +4,31 @@
     python experiments/fewest_steers/run.py --out /tmp/fs --quick             # every code path, minutes
     python experiments/fewest_steers/analyze.py outputs/fewest_steers         # tables, figures -> paper/
 
-Parts (``--parts``). The **systematicity dial**: each tiny task family (``lists``, ``arith``) in each
-error regime of its pretraining answers (``model.errors``, ``localpref.tasks.base``): ``tiny-lists``
+Parts (``--parts``). The **systematicity dial**: a tiny task family (``ranges``, ``arith``) in each
+error regime of its pretraining answers (``model.errors``, ``localpref.tasks.base``): ``tiny-ranges``
 and ``tiny-arith`` (random: one wrong unit drawn at random, noise no steer can teach a rule for),
 ``tiny-<family>-systematic`` (one rule wherever the prompt fires it, learnt and made greedily on new
 prompts) and ``tiny-<family>-mixed`` (half each); full fine-tuning, three seeds, every method and the
-positive control. ``smollm2-style``: SmolLM2-135M-Instruct + LoRA on its own habit (American
-spellings against a British house style, ``localpref.tasks.style``). Only when asked for:
-``smollm2-lists`` and ``defacto`` (SmolLM2 + LoRA on real human corrections of summaries).
+positive control. ``ranges`` is ``lists`` cut to the two rules a tiny model learns (even and odd
+numbers in a range; ``localpref.tasks.ranges``): on the whole ``lists`` family most greedy errors
+were of capability, in every regime (the pilot: ``--pilot`` runs ``tiny-lists*``). ``smollm2-style``:
+SmolLM2-135M-Instruct + LoRA on its own habit (American spellings against a British house style,
+``localpref.tasks.style``). Only when asked for: ``tiny-lists*``, ``smollm2-lists`` and ``defacto``
+(SmolLM2 + LoRA on real human corrections of summaries).
 
 Methods (``METHODS``): 1 SFT on spans, 2 SFT on rewrites, 3 DPO on rewrites, 4 localized DPO, 5
 localized + SFT anchor, 6 Step-DPO, 7 the localized variant chosen on val, 8 DPOP and 9 Cal-DPO
 (localized, both keeping the corrected span likely), and the **positive control** (``CONTROL``): SFT
-on full correct answers of every prompt of a train collection four times the methods' size (a
-finite family with fewer train prompts: all of them; tiny lists has 249, the methods' own), with no
+on full correct answers of every prompt of a train collection ``Part.control_scale`` (default 4)
+times the methods' size (a finite family with fewer train prompts: all of them; tiny ranges has
+450, 3x the methods' 150; tiny lists 249, the methods' own; smollm2-style: scale 1), with no
 annotation budget: not an option a user has, but proof that the protocol can detect a gain; a part
 whose control does not beat the base model has no power, and no conclusion is drawn from it.
 
 Collection decodes greedily by default (``Part.temperature`` 0), as the evaluation does, so training
-steers fix the errors the evaluation meets; ``tiny-lists-systematic`` also collects at temperature
-1.0 and trains every method on that (``final_t1``, the second condition).
+steers fix the errors the evaluation meets (greedy decoding ignores the seed, so the first seed's
+greedy collection is copied to the others); ``tiny-ranges-systematic`` also collects at temperature
+1.0 and trains the core methods on that (``final_t1``, the second condition).
 
 Per task part (tiny-*, smollm2-*), in order (each stage resumable: a job whose ``result.json``
 exists is skipped, so rerunning the command continues where it stopped):
@@ -113,6 +118,7 @@ class Part:
     t1: bool = False  # also collect at temperature 1.0 and train the methods on it (a second condition)
     t1_methods: list[str] | None = None  # which methods train on the T=1.0 collection (None: all but the control)
     control: bool = True  # the positive control (CONTROL) in tune and final
+    control_scale: int = CONTROL_SCALE  # the control's train prompts per method's one (capped by the split)
     steer_budget: int = 4  # steers per prompt
     max_new_tokens: int = 96  # per generation pass; a pass that runs out goes on, up to max_task_tokens
     max_task_tokens: int | None = None  # tokens per prompt over all passes (None: 4 x max_new_tokens)
@@ -120,8 +126,9 @@ class Part:
     trainer: list[str] = field(default_factory=list)
     micro_batch: int = 16  # pairs per step (fewer when a budget buys fewer)
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # (quick runs: fewer)
+    curve_methods: list[str] | None = None  # which methods run at every budget (None: all; the rest: the main one)
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    tune: bool = True  # variant study and learning-rate sweep on val (else: lr_grid[0], tiny-lists' variant)
+    tune: bool = True  # variant study and learning-rate sweep on val (else: lr_grid[0], the -systematic part's variant)
     iterate: bool = True  # iterated on-policy rounds
     trainprompts: bool = True  # the train-prompts diagnostic (steering on prompts trained on)
     tiny_steps: int | None = None  # quick runs: a cheaper tiny task model
@@ -137,24 +144,38 @@ def parts(quick: bool, pilot: bool = False) -> dict[str, Part]:
     tiny_trainer = ["trainer.max_steps=60", "trainer.warmup_steps=6"]
     smol = ["model=smollm2-135m", "peft=lora", "reference=adapter_disabled"]
     # The dial: each tiny family in each error regime, full fine-tuning, three seeds, every method and
-    # the control, tuned on val. On tiny-lists-systematic (the regime built to be teachable) also
-    # curves over annotation budgets, the temperature-1.0 collection, the train-prompts diagnostic and
-    # iterated rounds. A tiny-model run is ~10 core-seconds (trees layout, precomputed reference).
+    # the control, tuned on val (three learning rates, the same three for every method). On
+    # tiny-ranges-systematic (the regime built to be teachable) also curves over annotation budgets
+    # (the core methods), the temperature-1.0 collection, the train-prompts diagnostic and iterated
+    # rounds. A tiny-model run is ~20 core-seconds (trees layout, precomputed reference, steering
+    # evaluation included). ``ranges`` is the dial's family (lists' even/odd ranges: errors a tiny
+    # model makes by rule, not for want of a capability); the ``tiny-lists*`` parts, the pilot's,
+    # and ``tiny-arith*`` run when asked for.
     full: dict[str, Part] = {}
-    for family, sizes, extra in (("lists", (249, 81, 111), {}), ("arith", (300, 100, 125), {"max_new_tokens": 96})):
+    sizes = {"ranges": (150, 90, 225), "lists": (249, 81, 111), "arith": (300, 100, 125)}
+    for family in ("ranges", "lists", "arith"):
         for errors in ("random", "systematic", "mixed"):
-            main = (family, errors) == ("lists", "systematic")
+            main = (family, errors) == ("ranges", "systematic")
             name = tiny_part(family, errors)
             full[name] = Part(name, family, ["model=tiny_task", f"model.family={family}"], [3e-5, 1e-4, 3e-4],
-                              [0, 1, 2], [0.1, 0.25, 0.5, 1.0] if main else [1.0], *sizes, errors=errors,
-                              trainer=tiny_trainer, t1=main, trainprompts=main, iterate=main, **extra)
+                              [0, 1, 2], [0.1, 0.25, 0.5, 1.0] if main else [1.0], *sizes[family], errors=errors,
+                              trainer=tiny_trainer, t1=main, trainprompts=main, iterate=main,
+                              curve_methods=["sft_span", "dpo_rewrite", "localized", "dpop"] if main else None,
+                              t1_methods=["sft_span", "localized", "dpop"] if main else None,
+                              max_new_tokens=48 if family == "ranges" else 96)  # a 5-item range is ~20 tokens
     # SmolLM2 on CPU: ~2 core-seconds per short training pair, ~50 s per steering evaluation of 32
     # prompts: the core comparison at one learning rate (not tuned; LoRA's usual 5e-4), no rounds.
     smol_part = dict(gen_batch=48, micro_batch=8, tune=False, iterate=False, trainprompts=False, max_new_tokens=64,
                      max_task_tokens=256, methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor", "dpop"],
                      trainer=["trainer.max_steps=8", "trainer.warmup_steps=1", "data.n_eval=32"])
     # style: SmolLM2's own habit (American spellings) against a house style (localpref.tasks.style).
-    full["smollm2-style"] = Part("smollm2-style", "style", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32, **smol_part)
+    # The control trains on rewrites of the methods' own train prompts (control_scale 1): a SmolLM2
+    # collection costs ~1.5 s a prompt, and 8 steps of 8 pairs read 64 of them anyway.
+    # Four methods (SFT and DPO baselines, localized DPO, DPOP) and the control: a SmolLM2 run is
+    # ~4 core-minutes here, and the three-hour budget of the whole dial holds ~20 of them.
+    full["smollm2-style"] = Part("smollm2-style", "style", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32,
+                                 control_scale=1, **{**smol_part, "methods": ["sft_span", "dpo_rewrite", "localized",
+                                                                              "dpop"], "variants": []})
     full["smollm2-lists"] = Part("smollm2-lists", "lists", smol, [5e-4], [0, 1, 2], [1.0], 96, 0, 32,
                                  **{**smol_part, "methods": smol_part["methods"][:4]})
     # DeFacto pairs are ~390 tokens (~10 core-seconds each): three methods, 24 pairs per run.
@@ -163,13 +184,13 @@ def parts(quick: bool, pilot: bool = False) -> dict[str, Part]:
                            trainer=["trainer.max_steps=6", "trainer.warmup_steps=1", "data.max_length=384",
                                     "trainer.eval_batch_size=4"])
     if pilot:
-        # A first look at the dial, in well under an hour on 2 cores: the tiny families in each regime
-        # whose model is ready, the core methods and the control, one learning rate for every method
+        # A first look at the dial, in well under an hour on 2 cores: the tiny lists and arith parts
+        # (``--parts`` picks), the core methods and the control, one learning rate for every method
         # (no tuning: the same, empty, tuning budget for all), the main budget, three seeds.
         return {k: replace(p, lr_grid=[1e-4], tune=False, budgets=[1.0], variants=[], t1=False, trainprompts=False,
                            iterate=False, methods=["sft_span", "dpo_rewrite", "localized", "localized_anchor", "dpop",
                                                    "cal_dpo"])
-                for k, p in full.items() if k.startswith("tiny-")}
+                for k, p in full.items() if k.startswith(("tiny-lists", "tiny-arith"))}
     if not quick:
         return full
     # Quick: every code path once, on tiny sizes (tiny-lists: all methods, two learning rates, two
@@ -181,7 +202,8 @@ def parts(quick: bool, pilot: bool = False) -> dict[str, Part]:
     out = {k: replace(full[k], **q, trainer=[*full[k].trainer, "trainer.max_steps=2"])
            for k in ("tiny-lists", "tiny-arith-systematic", "smollm2-style", "defacto")}
     out["tiny-lists"] = replace(out["tiny-lists"], lr_grid=[1e-4, 3e-4], budgets=[0.5, 1.0], seeds=[0, 1],
-                                methods=list(METHODS), variants=list(VARIANTS), t1=True,
+                                methods=list(METHODS), curve_methods=[m for m in METHODS if m != "step_dpo"],
+                                variants=list(VARIANTS), t1=True,
                                 t1_methods=["localized", "dpo_rewrite"], trainprompts=True, iterate=True)
     for name in ("smollm2-style", "defacto"):  # SmolLM2 steps are slow on CPU: one step of two pairs
         out[name] = replace(out[name], methods=["localized"], variants=out[name].variants[:1], n_train=4,
@@ -373,19 +395,26 @@ def run_task_part(runner: Runner, part: Part) -> None:
     from localpref.tasks import get_family
 
     family = get_family(part.family)
-    n_control = CONTROL_SCALE * part.n_train
+    n_control = part.control_scale * part.n_train
     if family.finite:
         n_control = min(n_control, len(family.tasks("train")))
     calls = [(p, split, n, seed, part.temperature, str(collect / f"{split}_s{seed}.jsonl"))
              for seed in part.seeds for split, n in (("train", part.n_train), ("val", part.n_val),
                                                      ("heldout", part.n_heldout)) if n]
     calls += [(p, "train", n_control, seed, part.temperature, str(collect / f"train_control_s{seed}.jsonl"))
-              for seed in part.seeds if part.control]
+              for seed in part.seeds if part.control and n_control > part.n_train]
     calls += [(p, "train", part.n_train, seed, 1.0, str(collect / f"train_t1_s{seed}.jsonl"))
               for seed in part.seeds if part.t1]
     calls = [c for c in calls if c[2]]  # no val prompts where nothing is tuned
+    # Greedy decoding ignores the seed: the first seed's greedy collection is every seed's (copied).
+    same = {c[-1]: c[-1].replace(f"_s{c[3]}.jsonl", f"_s{part.seeds[0]}.jsonl") for c in calls if c[4] == 0}
+    copies = [(src, dst) for dst, src in same.items() if src != dst]
+    calls = [c for c in calls if same.get(c[-1], c[-1]) == c[-1]]
     calls = [c for c in calls if not Path(c[-1]).with_suffix(".summary.json").exists()]
     runner.stage(part.name, "collect", job_collect, calls)
+    for src, dst in copies:
+        shutil.copyfile(src, dst)
+        shutil.copyfile(Path(src).with_suffix(".summary.json"), Path(dst).with_suffix(".summary.json"))
     from localpref.data.collected import load_collected, trajectory_cost
     from localpref.steering import read_records
 
@@ -405,8 +434,8 @@ def run_task_part(runner: Runner, part: Part) -> None:
         s = part.seeds[0] if eval_seed is None else eval_seed
         main = collect / f"train_s{seed}.jsonl"
         data = data or main
-        if method_ovs is CONTROL:
-            data = collect / f"train_control_s{seed}.jsonl"
+        if method_ovs is CONTROL and (collect / f"train_control_s{seed}.jsonl").exists():
+            data = collect / f"train_control_s{seed}.jsonl"  # else (control_scale 1): the methods' collection
         form = "rewrites" if "data.form=rewrites" in method_ovs else "steers"
         chars = None if budget is None else int(budget * full_cost(cost_of or data))
         taken = load_collected(data, form=form, cost_budget=chars)
@@ -441,7 +470,7 @@ def run_task_part(runner: Runner, part: Part) -> None:
         best_variant = min(results, key=_score)["method"]
         (d / "variant.json").write_text(json.dumps({"chosen": best_variant, "by": "val steers to verify"}))
     else:  # the choice made on the tiny model of the same family
-        chosen_file = runner.out / tiny_part(part.family if part.family != "style" else "lists", "systematic") / "variant.json"
+        chosen_file = runner.out / tiny_part(part.family if part.family != "style" else "ranges", "systematic") / "variant.json"
         if chosen_file.exists():
             best_variant, by = json.loads(chosen_file.read_text())["chosen"], f"taken from {chosen_file.parent.name}"
         else:
@@ -465,7 +494,8 @@ def run_task_part(runner: Runner, part: Part) -> None:
     train_jobs(runner, part, "final", [spec(f"{m}@b{b}@s{seed}", methods[m], seed, budget_of(m, b), chosen[m],
                                             "heldout", eval_seed=seed)
                                        for m in methods for seed in part.seeds
-                                       for b in (part.budgets if m != "control" else [main_budget])])
+                                       for b in (part.budgets if m != "control" and (
+                                           part.curve_methods is None or m in part.curve_methods) else [main_budget])])
     # 5a. the second condition: steers collected at temperature 1.0 (each method at its learning rate,
     # the main budget of that collection's own cost), on the same heldout prompts.
     if part.t1:
@@ -564,10 +594,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: every code path in minutes")
     parser.add_argument("--pilot", action="store_true",
-                        help="a first look at the dial: tiny parts, core methods + control, one lr, main budget")
+                        help="a first look at the dial: tiny lists (default) or arith parts, core methods + control, one lr, main budget")
     parser.add_argument("--parts", nargs="+", choices=list(parts(False)),
-                        help="which parts, in order (the SmolLM2 parts take method 7 from tiny-lists-systematic); "
-                             "default: the six tiny parts and smollm2-style (with --quick: the quick parts)")
+                        help="which parts, in order (smollm2-lists takes method 7 from tiny-lists-systematic); "
+                             "default: the ranges and arith "
+                             "parts and smollm2-style (with --quick: the quick parts; --pilot: lists')")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--defacto", default=str(Path(os.environ.get("LOCALPREF_SHARED", "../shared")) / "data" / "defacto"))
     args = parser.parse_args()
@@ -575,7 +606,8 @@ def main() -> None:
     if args.quick and args.pilot:
         parser.error("--quick and --pilot are different runs: choose one")
     table = parts(args.quick, args.pilot)
-    args.parts = args.parts or [k for k in table if args.quick or k.startswith("tiny-") or k == "smollm2-style"]
+    args.parts = args.parts or [k for k in table if args.quick or (k.startswith("tiny-lists") if args.pilot else (
+        k.startswith(("tiny-ranges", "tiny-arith")) or k == "smollm2-style"))]
     missing = [k for k in args.parts if k not in table]
     if missing:
         raise SystemExit(f"no part {', '.join(missing)} in the {'quick' if args.quick else 'full'} run")
@@ -600,6 +632,8 @@ def main() -> None:
             if part.model[0] == "model=tiny_task":  # built once, before the workers need it
                 runner.stage(part.name, "pretrain", job_model_info, [(asdict(part), str(args.out / name / "model.json"))])
             run_task_part(runner, part)
+    if runner.pool is not None:
+        runner.pool.shutdown()  # before exit: left to atexit, a closed pipe prints a traceback
     with open(args.out / "timing.jsonl", "a") as f:
         f.write(json.dumps({"part": "all", "stage": "all", "seconds": round(time.time() - start, 1),
                             "quick": args.quick}) + "\n")
