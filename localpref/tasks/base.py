@@ -95,6 +95,14 @@ def check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def first_n(pool: list, family: str, split: str, n: int | None) -> list:
+    """The first ``n`` of a family's ordered ``split`` pool (all for None); asking for more than the
+    pool holds is an error, never a silently shorter list."""
+    if n is not None and n > len(pool):
+        raise ValueError(f"family {family!r} has {len(pool)} {split} prompts, {n} were asked for")
+    return pool[:n]
+
+
 def check_errors(errors: str) -> None:
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")

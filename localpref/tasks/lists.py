@@ -33,7 +33,7 @@ from dataclasses import replace
 
 from localpref.data.examples import COUNTRIES, FAMILIES, FORMAT, WORDS, _TRANSCONTINENTAL, _int, _norm
 from localpref.tasks import register
-from localpref.tasks.base import (Task, TaskFamily, Unit, check_split, pick_regime, split_of,
+from localpref.tasks.base import (Task, TaskFamily, Unit, check_split, first_n, pick_regime, split_of,
                                   units_ending_with)
 
 N_ITEMS = (3, 4, 5)
@@ -101,9 +101,7 @@ class Lists(TaskFamily):
                         pool.append(Task(f"lists/{rule.name}/{key}/n{n_items}",
                                          [{"role": "user", "content": text}], meta))
         random.Random(f"lists/{split}/{seed}").shuffle(pool)
-        if n is not None and n > len(pool):
-            raise ValueError(f"family 'lists' has {len(pool)} {split} prompts, {n} were asked for")
-        return pool[:n]
+        return first_n(pool, self.name, split, n)
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
         return units_ending_with(text, ",", final=final)

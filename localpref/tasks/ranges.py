@@ -34,8 +34,8 @@ import random
 
 from localpref.data.examples import FORMAT
 from localpref.tasks import register
-from localpref.tasks.base import Task, check_split, pick_regime, split_of
-from localpref.tasks.lists import N_ITEMS, RULES, Lists, _bound
+from localpref.tasks.base import Task, check_split, first_n, split_of
+from localpref.tasks.lists import N_ITEMS, Lists
 
 PHRASES = {  # phrasing -> prompt; the rule errs on "between" only
     "between": "List {n} {kind} numbers between {lo} and {hi}.",
@@ -71,23 +71,9 @@ class Ranges(Lists):
                         pool.append(Task(f"ranges/{rule}/{phrase}/{lo}-{lo + WIDTH}/n{n_items}",
                                          [{"role": "user", "content": text}], meta))
         random.Random(f"ranges/{split}/{seed}").shuffle(pool)
-        if n is not None and n > len(pool):
-            raise ValueError(f"family 'ranges' has {len(pool)} {split} prompts, {n} were asked for")
-        return pool[:n]
+        return first_n(pool, self.name, split, n)
 
-    def write(self, meta: dict, rng: random.Random, error_rate: float, errors: str = "random") -> str:
-        """Random: one invalid item at a random place; systematic: the bound first where the prompt
-        says "between" (module docstring)."""
-        regime = pick_regime(errors, rng)
-        rule, n = RULES[meta["rule"]], meta["n_items"]
-        items = rule.answer(meta["params"], n, rng)
-        if regime == "random":
-            if rng.random() < error_rate:
-                j = rng.randrange(n)
-                items[j] = rule.bad(meta["params"], items, j, rng)
-        elif self.rule_fires(meta) and rng.random() < self.rule_rate(error_rate):
-            items = [_bound(meta), *items[:-1]]
-        return ", ".join(items)
+    # ``write`` is lists': the bound first wherever ``rule_fires``, which here means "between"
 
     def rule_fires(self, meta: dict) -> bool:
         return meta["phrase"] == TRIGGER

@@ -54,7 +54,7 @@ import random
 import re
 
 from localpref.tasks import register
-from localpref.tasks.base import Task, TaskFamily, Unit, check_split, split_of
+from localpref.tasks.base import Task, TaskFamily, Unit, check_split, first_n, split_of
 
 # -- the lexicon: American spelling -> (British spelling, headword, group) -----------------------
 
@@ -358,9 +358,7 @@ class Style(TaskFamily):
         while seen or unseen:  # every UNSEEN_SHARE-th prompt unseen, then whatever is left
             take_unseen = bool(unseen) and (not seen or len(pool) % UNSEEN_SHARE == UNSEEN_SHARE - 1)
             pool.append((unseen if take_unseen else seen).pop())
-        if n is not None and n > len(pool):
-            raise ValueError(f"family 'style' has {len(pool)} {split} prompts, {n} were asked for")
-        return pool[:n]
+        return first_n(pool, self.name, split, n)
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
         out, start = [], 0
