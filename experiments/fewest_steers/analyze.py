@@ -888,7 +888,10 @@ def timing(summary) -> dict[str, str]:
     note = (" Parts marked (earlier run) were run by an earlier version and re-analysed, not re-run; the "
             "total adds their stages to the re-run's." if earlier else "")
     return _table("timing", ["part", "stage", "jobs", "minutes"], rows,
-                  "Wall-clock of each stage on 2 CPU cores (2 worker processes; a tiny model is built by one)." + note)
+                  "Wall-clock of each stage on a 2-core CPU (jobs: the stage's runs, on one or two worker processes; a "
+                  "tiny model is built by one). The total sums them: what the run costs one stage at a time; "
+                  "stages of different parts may have run side by side (experiments/fewest_steers/README.md "
+                  "gives the wall-clock)." + note)
 
 
 def _builds(summary) -> dict[str, float]:
