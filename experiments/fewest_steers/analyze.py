@@ -40,7 +40,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # last: at the front, the folder kernels/ would shadow the package transformers imports
 from localpref.stats import crossed_bootstrap_interval, paired_t_test, pooled_wilson_interval, t_interval  # noqa: E402
 
 SUMMARY = HERE / "results" / "summary.json"
@@ -890,8 +890,8 @@ def timing(summary) -> dict[str, str]:
     return _table("timing", ["part", "stage", "jobs", "minutes"], rows,
                   "Wall-clock of each stage on a 2-core CPU (jobs: the stage's runs, on one or two worker processes; a "
                   "tiny model is built by one). The total sums them: what the run costs one stage at a time; "
-                  "stages of different parts may have run side by side (experiments/fewest_steers/README.md "
-                  "gives the wall-clock)." + note)
+                  "stages of different parts may have run side by side (the experiment's README gives the "
+                  "wall-clock)." + note)
 
 
 def _builds(summary) -> dict[str, float]:
