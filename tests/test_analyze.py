@@ -110,3 +110,11 @@ def test_no_rate_interval_in_the_committed_tables_leaves_the_unit_interval():
                 assert 0.0 <= lo <= hi <= 1.0, (path.name, column, cell)
                 checked += 1
     assert checked >= 20
+
+
+def test_the_summary_file_round_trips_with_each_plain_list_on_one_line():
+    s = summary([run("localized", 0, [[1, 1, 0, 0], [0, 1, 1, 0]], first_errors=["other", "none"])])
+    text = analyze.dump_summary(s)
+    assert json.loads(text) == s
+    assert '"prompts": [[1,1,0,0],[0,1,1,0]]' in text and '"first_errors": ["other","none"]' in text
+    assert '\n  "settings": {' not in text and '\n "settings": {' in text  # objects stay indented

@@ -34,6 +34,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,25 @@ def summarize(outs: list[Path], keep_from: dict[str, Any] | None = None) -> dict
     order = list(summary["settings"]["parts"])
     summary["settings"]["parts"] = {p: summary["settings"]["parts"][p] for p in sorted(order, key=_PART_ORDER)}
     return summary
+
+
+def dump_summary(summary: dict[str, Any]) -> str:
+    """The summary as JSON: objects indented (diffs stay readable), each list without an object in it
+    on one line (per-prompt outcomes one line per run: the file stays small enough to commit)."""
+    leaves: list[str] = []
+
+    def mark(o):
+        if isinstance(o, dict):
+            return {k: mark(v) for k, v in o.items()}
+        if isinstance(o, list) and any(isinstance(x, dict) for x in o):
+            return [mark(x) for x in o]
+        if isinstance(o, list):
+            leaves.append(json.dumps(o, separators=(",", ":")))
+            return f"\0{len(leaves) - 1}"
+        return o
+
+    text = json.dumps(mark(summary), indent=1, sort_keys=True)
+    return re.sub(r'"\\u0000(\d+)"', lambda m: leaves[int(m.group(1))], text) + "\n"
 
 
 def _PART_ORDER(part: str) -> tuple[int, int]:
@@ -993,7 +1013,7 @@ def main() -> None:
         keep = json.loads(args.keep_parts_from.read_text()) if args.keep_parts_from else None
         summary = summarize(args.out, keep)  # read before writing: --keep-parts-from may be --summary
         args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        args.summary.write_text(dump_summary(summary))
     names = render(json.loads(args.summary.read_text()), args.generated)
     print(f"{len(names)} files in {args.generated} from {args.summary}")
 
