@@ -28,7 +28,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from localpref.losses import LOSS_TYPES
+from localpref.losses import LOSSES, loss_params, preference_loss
 
 
 @dataclass
@@ -88,14 +88,14 @@ class DataConfig:
 class LossConfig:
     objective: str = "preference"  # "sft" (NLL of chosen tokens) | "preference" (DPO-style log-ratio loss)
     mask: str = "span"  # tokens scored: "span" (localized) | "completion" (the whole assistant completion)
-    loss_type: str = "sigmoid"  # preference loss family, one of localpref.losses.LOSS_TYPES
-    beta: float = 0.1  # inverse temperature of the implicit reward
+    loss_type: str = "sigmoid"  # preference loss, a name registered in localpref.losses.LOSSES
+    beta: float = 0.1  # inverse temperature of the implicit reward (losses that take one)
     aggregation: str = "sum"  # how token log-ratios combine into a pair's reward: "sum" | "mean"
-    label_smoothing: float = 0.0  # conservative DPO: assumed probability that a label is flipped
-    ipo_tau: Optional[float] = None  # IPO's tau (loss_type=ipo); None: beta
-    simpo_gamma: float = 0.5  # SimPO's target margin (loss_type=simpo)
-    dpop_lambda: float = 50.0  # DPOP's weight on a negative chosen log-ratio (loss_type=dpop); 0: DPO
-    sft_weight: float = 0.0  # weight of an NLL anchor on the chosen tokens added to each pair's loss
+    sft_weight: float = 0.0  # weight of an NLL anchor on the chosen tokens added to each pair's loss (RPO)
+    # The loss function's own keyword parameters (e.g. dpop_lambda, label_smoothing, ul_weight);
+    # each conf/loss/*.yaml lists its loss's with a comment. Their defaults are the function's
+    # (localpref.losses); a name the function does not take fails validation.
+    params: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +126,11 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     schedule: str = "cosine"  # "constant" | "linear" | "cosine" decay after warmup
     warmup_steps: int = 0  # linear warmup from 0 to lr
-    max_steps: int = 100  # optimizer steps
+    warmup_ratio: Optional[float] = None  # warm up for this share of the steps instead (None: warmup_steps)
+    max_steps: int = 100  # optimizer steps (ignored when `epochs` is set)
+    # Train for this many passes over the training pairs instead: max_steps = ceil(epochs x pairs /
+    # global batch), found once the data is loaded (logged as trainer/max_steps). None: max_steps.
+    epochs: Optional[float] = None
     micro_batch_size: int = 4  # pairs per forward on each process
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = micro * accum * world)
     max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm (None: no clipping)
@@ -170,6 +174,21 @@ class SteerEvalConfig:
     task_seed: int = 0  # which prompts of the split (their order)
     before: bool = True  # also evaluate before training (step 0); off to save time in sweeps
     out: Optional[str] = None  # write the final evaluation's trajectories here (None: run_dir/steer_eval.jsonl)
+    # A second split steered at the final evaluation only, logged as eval/steer_<split>/... with its
+    # trajectories in run_dir/steer_eval_<split>.jsonl: e.g. held-out prompts reported beside a
+    # tuning trial's val objective (never read for a choice). None: none.
+    extra_split: Optional[str] = None
+    extra_n: Optional[int] = None  # prompts of extra_split (None: all of it)
+
+
+@dataclass
+class TuneConfig:
+    # What `localpref train` returns to Hydra, so a sweeper (hydra/sweeper=optuna, conf/experiment/
+    # fewest_steers_tune.yaml) can optimize it: metric + tie_weight * tie_metric, from the final
+    # evaluation. None: nothing is returned (a plain run or grid).
+    metric: Optional[str] = None  # a final eval metric, e.g. "eval/steer/steers_to_verify"
+    tie_metric: Optional[str] = None  # breaks ties of `metric`, e.g. "eval/drift/kl" (lower KL wins)
+    tie_weight: float = 0.0  # small enough never to outweigh a real difference of `metric`
 
 
 @dataclass
@@ -182,6 +201,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     steer_eval: SteerEvalConfig = field(default_factory=SteerEvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0  # model init (tiny), data order, everything random
     run_dir: Optional[str] = None  # where metrics, checkpoints, export go; None: Hydra's output dir
     generation_eval: Optional[str] = None  # "module:function" called as fn(model, tokenizer, eval_steers, cfg) -> metrics
@@ -194,6 +214,7 @@ _CHOICES = {
     "data.source": ("examples", "jsonl", "defacto", "collected"),
     "data.form": ("steers", "rewrites"),
     "steer_eval.split": ("pretrain", "train", "val", "heldout"),
+    "steer_eval.extra_split": (None, "pretrain", "train", "val", "heldout"),
     "data.span": ("hunk", "continuation", "completion"),
     "data.eval_span": (None, "hunk", "continuation", "completion"),
     "data.on_error": ("raise", "skip"),
@@ -201,7 +222,6 @@ _CHOICES = {
     "data.shuffle": (None, "pairs", "trajectories"),
     "loss.objective": ("sft", "preference"),
     "loss.mask": ("span", "completion"),
-    "loss.loss_type": LOSS_TYPES,
     "loss.aggregation": ("sum", "mean"),
     "reference.kind": ("copy", "adapter_disabled", "precomputed"),
     "peft.kind": ("none", "lora"),
@@ -265,14 +285,43 @@ def validate(cfg: TrainConfig, families: Sequence[str] | None = None) -> None:
     if cfg.data.layout == "trees" and cfg.data.shuffle == "pairs":
         raise ValueError("data.layout=trees needs data.shuffle=trajectories (or null): shuffled one by one, "
                          "a trajectory's steers land in different steps and cannot share a row")
-    if cfg.loss.dpop_lambda < 0:
-        raise ValueError(f"loss.dpop_lambda={cfg.loss.dpop_lambda} must be >= 0")
+    check_loss(cfg.loss)
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
         raise ValueError("reference=adapter_disabled needs peft=lora (there are no adapters to disable)")
     t = cfg.trainer
     for key in ("max_steps", "micro_batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
         if getattr(t, key) < 1:
             raise ValueError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    if t.epochs is not None and t.epochs <= 0:
+        raise ValueError(f"trainer.epochs={t.epochs} must be > 0 (or null: trainer.max_steps)")
+    if t.warmup_ratio is not None and not 0.0 <= t.warmup_ratio < 1.0:
+        raise ValueError(f"trainer.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    if (cfg.tune.tie_metric is not None or cfg.tune.tie_weight) and cfg.tune.metric is None:
+        raise ValueError("tune.tie_metric / tune.tie_weight need tune.metric")
+
+
+def check_loss(cfg: LossConfig) -> None:
+    """``loss.loss_type`` is registered, ``loss.params`` are its parameters, and their values work:
+    the loss is computed once on a two-token dummy pair, so a value the function rejects (DPOP's
+    negative lambda, robust DPO's smoothing of 1/2) fails here, before any model loads."""
+    import torch
+
+    if cfg.loss_type not in LOSSES:
+        raise ValueError(f"loss.loss_type={cfg.loss_type!r} is not one of {', '.join(LOSSES)}")
+    allowed = loss_params(cfg.loss_type)
+    for name in cfg.params:
+        if name not in allowed:
+            raise ValueError(f"loss.params.{name} is not a parameter of loss_type={cfg.loss_type!r} "
+                             f"(it takes: {', '.join(allowed) or 'none'})")
+    if cfg.objective != "preference":
+        return
+    logps, mask = torch.tensor([[-1.0, -2.0]]), torch.tensor([[True, True]])
+    ref = None if LOSSES[cfg.loss_type].reference_free else logps - 0.5
+    try:
+        preference_loss(logps, logps - 1, ref, ref, mask, mask, beta=cfg.beta, loss_type=cfg.loss_type,
+                        aggregation=cfg.aggregation, sft_weight=cfg.sft_weight, **cfg.params)
+    except ValueError as e:
+        raise ValueError(f"loss: {e}") from None
 
 
 def register_configs() -> None:

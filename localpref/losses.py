@@ -10,38 +10,235 @@ plain DPO is the same call with the completion masks. Nothing else differs betwe
 Notation (Rafailov et al. 2023, "Direct Preference Optimization", arXiv:2305.18290), with
 ``y_w`` the chosen span, ``y_l`` the rejected span, ``S(m)`` the tokens of a mask:
 
-    log_ratio_w = sum_{i in S(m_w)} [log pi(y_w,i | .) - log pi_ref(y_w,i | .)]     (per pair)
-    h           = log_ratio_w - log_ratio_l
-    reward_w    = beta * log_ratio_w           (DPO's implicit reward, Sec. 5)
+    pi_w        = sum_{i in S(m_w)} log pi(y_w,i | .)          (per pair; SpanLogps.chosen)
+    r_w         = pi_w - sum_{i in S(m_w)} log pi_ref(y_w,i | .)   (the log-ratio)
+    h           = r_w - r_l                                     (the margin)
+    reward_w    = beta * r_w           (DPO's implicit reward, Sec. 5)
 
 With ``aggregation="mean"`` every ``sum`` over span tokens becomes a mean over them (length
-normalization, as IPO in TRL and SimPO use). Losses come back per pair together with their sum
-and the pair count: the training loop divides the summed losses by the GLOBAL pair count (all
-micro-batches, all ranks), so gradient accumulation and data parallelism give exactly the
-gradient of one big batch. No ``.mean()`` over the batch happens here.
+normalization, as IPO in TRL, SimPO and ORPO use).
+
+**The losses are a table.** Each one is a short function below, registered by name with
+``@register_loss``: it takes the batch's spans (``SpanLogps``) and its own parameters (keyword
+arguments with defaults; ``beta`` when it has one) and returns the per-pair loss ``(b,)``, with its
+equation in the docstring. ``preference_loss`` checks the inputs, aggregates the spans and
+dispatches; it adds the optional SFT anchor (RPO) to any of them. Adding a loss is one function here
+and one yaml in ``conf/loss/`` (its ``loss_type`` and ``params``); the config checks
+``loss.params`` against the function's signature (``loss_params``), so a misspelt parameter fails
+before training.
+
+Losses come back per pair together with their sum and the pair count: the training loop divides
+the summed losses by the GLOBAL pair count (all micro-batches, all ranks), so gradient accumulation
+and data parallelism give exactly the gradient of one big batch. No ``.mean()`` over the batch
+happens here.
 
 Empty spans: a pair whose chosen and rejected masks are both empty raises ``ValueError`` (there
 is nothing to compare; the data layer never emits one). Under ``aggregation="sum"`` one empty
 side is allowed and its log-ratio is the empty sum, 0 (an insertion-only edit has no rejected
-tokens). Under ``aggregation="mean"`` any empty side raises, since a mean over no tokens is
-undefined; so does an empty SFT-anchor mask when ``sft_weight > 0``.
+tokens; unlikelihood then has no rejected token to push down and adds 0). Under
+``aggregation="mean"`` any empty side raises, since a mean over no tokens is undefined; so does an
+empty SFT-anchor mask when ``sft_weight > 0``.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossType = Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "simpo", "dpop", "cal_dpo"]
 Aggregation = Literal["sum", "mean"]
 
-LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "apo_zero", "simpo", "dpop",
-                               "cal_dpo")
-REFERENCE_FREE: frozenset[str] = frozenset({"simpo"})
+
+@dataclass(frozen=True)
+class SpanLogps:
+    """A batch's spans as a loss function sees them. Shapes: ``b`` pairs, ``t`` tokens."""
+
+    chosen: Tensor  # (b,) policy log-prob of each chosen span (sum or mean over its tokens): pi_w
+    rejected: Tensor  # (b,) the same for the rejected span: pi_l
+    ref_chosen: Tensor | None  # (b,) under the reference; None for a reference-free loss
+    ref_rejected: Tensor | None  # (b,)
+    policy_rejected_logps: Tensor  # (b, t) per-token policy log-probs of the rejected side
+    rejected_mask: Tensor  # (b, t) bool, the rejected span
+
+    @property
+    def chosen_logratios(self) -> Tensor:  # (b,) r_w
+        return self.chosen - self.ref_chosen
+
+    @property
+    def rejected_logratios(self) -> Tensor:  # (b,) r_l
+        return self.rejected - self.ref_rejected
+
+    @property
+    def margin(self) -> Tensor:  # (b,) h = r_w - r_l
+        return self.chosen_logratios - self.rejected_logratios
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One registered loss: its function and what it reads."""
+
+    fn: Callable[..., Tensor]
+    reference_free: bool  # needs no reference log-probs (pass ref_*_logps=None)
+    uses_beta: bool  # takes ``beta`` (tuning sweeps search it only for these)
+    params: dict[str, object]  # its other keyword parameters and their defaults (loss.params)
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, reference_free: bool = False):
+    """Decorator: register ``fn(s: SpanLogps, *, beta=..., **params) -> (b,)`` under ``name``."""
+
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is registered twice")
+        kw = {p.name: p.default for p in inspect.signature(fn).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        uses_beta = "beta" in kw
+        kw.pop("beta", None)
+        LOSSES[name] = LossSpec(fn, reference_free, uses_beta, kw)
+        return fn
+
+    return wrap
+
+
+def loss_params(loss_type: str) -> dict[str, object]:
+    """The parameters (name: default) that ``loss_type`` takes besides ``beta``; ValueError if unknown."""
+    if loss_type not in LOSSES:
+        raise ValueError(f"loss_type must be one of {tuple(LOSSES)}, got {loss_type!r}")
+    return dict(LOSSES[loss_type].params)
+
+
+# ------------------------------------------------------------------------------------------------
+# The losses: one function each, its equation beside the line that implements it
+# ------------------------------------------------------------------------------------------------
+
+
+@register_loss("sigmoid")
+def sigmoid(s: SpanLogps, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
+    """DPO, Rafailov et al. 2023 (arXiv:2305.18290) eq. 7:  L = -log sigma(beta h).
+
+    With ``label_smoothing`` eps > 0, conservative DPO (cDPO; Mitchell 2023, "A note on DPO with
+    noisy preferences"), the BCE against the smoothed target 1 - eps:
+        L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)."""
+    eps, z = label_smoothing, beta * s.margin
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+@register_loss("ipo")
+def ipo(s: SpanLogps, *, beta: float, ipo_tau: float | None = None) -> Tensor:
+    """IPO, Azar et al. 2024 ("A General Theoretical Paradigm...", arXiv:2310.12036) eq. 17:
+        L = (h - 1 / (2 tau))^2,   tau = ``ipo_tau``, or ``beta`` when None (as in TRL).
+    TRL's IPO is this with aggregation="mean"."""
+    tau = beta if ipo_tau is None else ipo_tau
+    return (s.margin - 1 / (2 * tau)) ** 2
+
+
+@register_loss("hinge")
+def hinge(s: SpanLogps, *, beta: float) -> Tensor:
+    """SLiC-HF calibration hinge (Zhao et al. 2023, arXiv:2305.10425) on reference-normalized
+    log-likelihoods, as in RSO (Liu et al. 2024, arXiv:2309.06657) and TRL:
+        L = max(0, 1 - beta h)."""
+    return torch.relu(1 - beta * s.margin)
+
+
+@register_loss("robust")
+def robust(s: SpanLogps, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
+    """Robust DPO, Chowdhury et al. 2024 ("Provably Robust DPO", arXiv:2403.00409), the unbiased
+    loss under label-flip rate eps = ``label_smoothing`` < 1/2:
+        L = [(1 - eps) (-log sigma(beta h)) - eps (-log sigma(-beta h))] / (1 - 2 eps)."""
+    eps, z = label_smoothing, beta * s.margin
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"loss_type='robust' needs label_smoothing in [0, 0.5), got {eps}")
+    return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
+
+
+@register_loss("apo_zero")
+def apo_zero(s: SpanLogps, *, beta: float) -> Tensor:
+    """APO-zero, D'Oosterlinck et al. 2024 ("Anchored Preference Optimization", arXiv:2408.06266)
+    eq. 7: push the chosen log-ratio up and the rejected one down, each anchored at zero:
+        L = (1 - sigma(beta r_w)) + sigma(beta r_l)."""
+    return (1 - torch.sigmoid(beta * s.chosen_logratios)) + torch.sigmoid(beta * s.rejected_logratios)
+
+
+@register_loss("simpo", reference_free=True)
+def simpo(s: SpanLogps, *, beta: float, simpo_gamma: float = 0.5, label_smoothing: float = 0.0) -> Tensor:
+    """SimPO, Meng et al. 2024 (arXiv:2405.14734) eq. 6, reference-free with margin gamma:
+        L = -log sigma(beta (pi_w - pi_l) - gamma);
+    the paper's form is aggregation="mean" (length-normalized). eps > 0 smooths it like cDPO (as
+    in the SimPO code release)."""
+    eps, z = label_smoothing, beta * (s.chosen - s.rejected) - simpo_gamma
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+@register_loss("dpop")
+def dpop(s: SpanLogps, *, beta: float, dpop_lambda: float = 50.0) -> Tensor:
+    """DPO-Positive, Pal et al. 2024 ("Smaug", arXiv:2402.13228), Sec. 3: DPO with a penalty once
+    the chosen log-ratio is negative (the chosen span got LESS likely than under the reference,
+    which DPO allows as long as the rejected one falls faster):
+        L = -log sigma(beta (h - lambda max(0, -r_w))).
+    lambda = 0 is DPO; while r_w >= 0 the two are equal. 50 is the paper's lambda."""
+    if dpop_lambda < 0:
+        raise ValueError(f"loss_type='dpop' needs dpop_lambda >= 0, got {dpop_lambda}")
+    return -F.logsigmoid(beta * (s.margin - dpop_lambda * torch.relu(-s.chosen_logratios)))
+
+
+@register_loss("cal_dpo")
+def cal_dpo(s: SpanLogps, *, beta: float) -> Tensor:
+    """Cal-DPO, Xiao et al. 2024 (arXiv:2412.14516), Sec. 4: a contrastive term plus a squared
+    calibration of each log-ratio to r / beta for the rewards r = +1/2 (chosen), -1/2 (rejected),
+    so the chosen log-ratio is pulled UP even once the margin is won:
+        L = -log sigma(h) + (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2.
+    beta is NOT inside the sigmoid, unlike DPO: so in both of the authors' code releases
+    (github.com/Cal-DPO/Cal-DPO, Pythia-2.8b-exp/trainers.py, shift=0.5, calibration weight 1 as
+    here; github.com/tengxiao1/Cal-DPO, scripts/dpo_trainer.py, weight 0.5). Doubt: we read the
+    paper's equation only through those releases. With aggregation="mean" the targets apply to
+    per-token log-ratios, not the paper's sequence sums: scale beta accordingly."""
+    target = 1 / (2 * beta)
+    return -F.logsigmoid(s.margin) + (s.chosen_logratios - target) ** 2 + (s.rejected_logratios + target) ** 2
+
+
+@register_loss("unlikelihood", reference_free=True)
+def unlikelihood(s: SpanLogps, *, ul_weight: float = 1.0) -> Tensor:
+    """SFT on the corrected span plus token-level unlikelihood on the rejected span's first token,
+    Welleck et al. 2020 ("Neural Text Generation with Unlikelihood Training", arXiv:1908.04319)
+    eq. 4 with the negative candidate set {y_l,1}, the token the model wrote where the person
+    corrected it (later rejected tokens were conditioned on it and are not candidates here):
+        L = -pi_w + alpha * (-log(1 - p(y_l,1 | .))),   alpha = ``ul_weight``.
+    A pair with no rejected token (an insertion) adds only the NLL."""
+    first = s.rejected_mask & (s.rejected_mask.cumsum(-1) == 1)  # (b, t) the first rejected token
+    logps = s.policy_rejected_logps.to(torch.promote_types(s.policy_rejected_logps.dtype, torch.float32))
+    logp = torch.where(first, logps, -torch.inf).amax(-1)  # (b,) its log-prob; -inf if there is none
+    return -s.chosen + ul_weight * -_log1mexp(logp)
+
+
+@register_loss("orpo", reference_free=True)
+def orpo(s: SpanLogps, *, beta: float) -> Tensor:
+    """ORPO, Hong et al. 2024 ("Monolithic Preference Optimization without Reference Model",
+    arXiv:2403.07691) eq. 6-7 on the spans, reference-free, with lambda = ``beta`` (TRL's name):
+        odds(y) = P(y) / (1 - P(y)),  P(y) = exp(pi_y)  (the paper's pi is length-normalized:
+        aggregation="mean", as conf/loss/orpo.yaml sets)
+        L = -pi_w - lambda log sigma(log odds(y_w) - log odds(y_l))."""
+    log_odds = (s.chosen - _log1mexp(s.chosen)) - (s.rejected - _log1mexp(s.rejected))  # (b,)
+    return -s.chosen - beta * F.logsigmoid(log_odds)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for log-probs x, stable at both ends (Maechler 2012): log(-expm1(x)) near 0,
+    log1p(-exp(x)) below -log 2; x = -inf gives 0. x is clamped to <= -1e-6 (P <= 1 - 1e-6, as
+    Welleck et al.'s code clamps 1 - p >= 1e-5), so a token the model is sure of gives a finite
+    value (about -13.8) and gradient instead of -inf and NaN."""
+    x = x.clamp_max(-1e-6)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregate the spans, check, dispatch
+# ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -49,7 +246,7 @@ class PreferenceOutput:
     """What ``preference_loss`` returns. Shapes: ``b`` pairs."""
 
     losses: Tensor  # (b,) per-pair loss, differentiable
-    chosen_rewards: Tensor  # (b,) beta * chosen log-ratio (SimPO: beta * policy logps), detached
+    chosen_rewards: Tensor  # (b,) beta * chosen log-ratio (reference-free: beta * policy span logps), detached
     rejected_rewards: Tensor  # (b,) detached
     sum: Tensor  # () losses.sum(), differentiable: divide by the global count
     count: int  # number of pairs b in this (micro-)batch
@@ -65,6 +262,103 @@ class SFTOutput:
 
     sum: Tensor  # () sum of -log p over the mask, differentiable
     count: Tensor  # () int64 number of masked tokens
+
+
+def preference_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor | None,
+    ref_rejected_logps: Tensor | None,
+    chosen_mask: Tensor,
+    rejected_mask: Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    aggregation: Aggregation = "sum",
+    sft_weight: float = 0.0,
+    policy_chosen_nll_mask: Tensor | None = None,
+    **params: float,
+) -> PreferenceOutput:
+    """Per-pair preference loss ``LOSSES[loss_type]`` over the masked tokens of a chosen and a
+    rejected sequence.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps: (b, t) per-token log-probs of the policy.
+        ref_chosen_logps, ref_rejected_logps: (b, t) the same under the frozen reference, or None
+            for a reference-free loss (``simpo``, ``orpo``, ``unlikelihood``; which requires None).
+        chosen_mask, rejected_mask: (b, t) bool; the divergence span (localized loss) or the
+            whole completion (sequence-level DPO). The two sides may have different ``t``.
+        beta: inverse temperature of the implicit reward (for the losses that take it).
+        loss_type: a name in ``LOSSES``.
+        aggregation: "sum" (default, the papers' sequence log-probs) or "mean" (per pair, the
+            average over its span tokens: length normalization).
+        sft_weight: weight alpha of an SFT anchor added to each pair's loss (RPO, Pang et al.
+            2024, "Iterative Reasoning Preference Optimization", arXiv:2404.19733):
+            L += alpha * (-log pi(y_w | x) / |y_w|), the per-pair length-normalized NLL of the
+            anchor tokens.
+        policy_chosen_nll_mask: (b, t) bool tokens of the anchor; None means ``chosen_mask``.
+        **params: the loss's own parameters (``loss_params(loss_type)``; e.g. ``dpop_lambda``).
+
+    Returns:
+        PreferenceOutput; ``.sum / global_count`` is the batch loss.
+    """
+    spec = _check_call(loss_type, aggregation, params, ref_chosen_logps, ref_rejected_logps)
+    _check("chosen", policy_chosen_logps, chosen_mask)
+    _check("rejected", policy_rejected_logps, rejected_mask)
+    _check("ref chosen", ref_chosen_logps, chosen_mask)
+    _check("ref rejected", ref_rejected_logps, rejected_mask)
+    if chosen_mask.shape[0] != rejected_mask.shape[0]:
+        raise ValueError(f"{chosen_mask.shape[0]} chosen vs {rejected_mask.shape[0]} rejected rows")
+    chosen_tokens, rejected_tokens = chosen_mask.sum(-1), rejected_mask.sum(-1)  # (b,) each
+    _check_spans(chosen_tokens, rejected_tokens, aggregation)
+
+    def agg(logps: Tensor | None, mask: Tensor, tokens: Tensor) -> Tensor | None:
+        return None if logps is None else _aggregate(logps, mask, tokens, aggregation)
+
+    s = SpanLogps(agg(policy_chosen_logps, chosen_mask, chosen_tokens),
+                  agg(policy_rejected_logps, rejected_mask, rejected_tokens),
+                  agg(ref_chosen_logps, chosen_mask, chosen_tokens),
+                  agg(ref_rejected_logps, rejected_mask, rejected_tokens), policy_rejected_logps, rejected_mask)
+    losses = spec.fn(s, **({"beta": beta} if spec.uses_beta else {}), **params)  # (b,)
+    if sft_weight:
+        nll_mask = chosen_mask if policy_chosen_nll_mask is None else policy_chosen_nll_mask
+        _check("policy_chosen_nll", policy_chosen_logps, nll_mask)
+        nll_tokens = nll_mask.sum(-1)  # (b,)
+        if bool((nll_tokens == 0).any()):
+            raise ValueError("sft_weight > 0 but some pair's SFT-anchor mask is empty")
+        losses = losses + sft_weight * (-_masked_sum(policy_chosen_logps, nll_mask) / nll_tokens)
+
+    chosen_reward = s.chosen if spec.reference_free else s.chosen_logratios
+    rejected_reward = s.rejected if spec.reference_free else s.rejected_logratios
+    return PreferenceOutput(
+        losses=losses,
+        chosen_rewards=(beta * chosen_reward).detach(),
+        rejected_rewards=(beta * rejected_reward).detach(),
+        sum=losses.sum(),
+        count=int(losses.shape[0]),
+        chosen_tokens=chosen_tokens,
+        rejected_tokens=rejected_tokens,
+        policy_chosen_seq_logps=_masked_sum(policy_chosen_logps, chosen_mask).detach(),
+        policy_rejected_seq_logps=_masked_sum(policy_rejected_logps, rejected_mask).detach(),
+    )
+
+
+def _check_call(loss_type: str, aggregation: str, params: dict, ref_chosen, ref_rejected) -> LossSpec:
+    """The loss's spec, after checking its name, parameters, aggregation and references."""
+    allowed = loss_params(loss_type)  # ValueError for an unknown loss_type
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"loss_type={loss_type!r} takes no parameter {', '.join(unknown)} "
+                         f"(its parameters: {', '.join(allowed) or 'none'})")
+    if aggregation not in ("sum", "mean"):
+        raise ValueError(f"aggregation must be 'sum' or 'mean', got {aggregation!r}")
+    spec = LOSSES[loss_type]
+    refs_given = (ref_chosen is not None, ref_rejected is not None)
+    if spec.reference_free and any(refs_given):
+        raise ValueError(f"loss_type={loss_type!r} is reference-free: pass ref_*_logps=None")
+    if not spec.reference_free and not all(refs_given):
+        raise ValueError(f"loss_type={loss_type!r} needs ref_chosen_logps and ref_rejected_logps")
+    return spec
 
 
 def _check(name: str, logps: Tensor | None, mask: Tensor) -> None:
@@ -103,166 +397,6 @@ def _check_spans(chosen_tokens: Tensor, rejected_tokens: Tensor, aggregation: st
                              "aggregation='mean' is undefined over zero tokens")
 
 
-def preference_loss(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None,
-    ref_rejected_logps: Tensor | None,
-    chosen_mask: Tensor,
-    rejected_mask: Tensor,
-    *,
-    beta: float = 0.1,
-    loss_type: LossType = "sigmoid",
-    aggregation: Aggregation = "sum",
-    label_smoothing: float = 0.0,
-    ipo_tau: float | None = None,
-    simpo_gamma: float = 0.5,
-    dpop_lambda: float = 50.0,
-    sft_weight: float = 0.0,
-    policy_chosen_nll_mask: Tensor | None = None,
-) -> PreferenceOutput:
-    """Per-pair preference loss over the masked tokens of a chosen and a rejected sequence.
-
-    Args:
-        policy_chosen_logps, policy_rejected_logps: (b, t) per-token log-probs of the policy.
-        ref_chosen_logps, ref_rejected_logps: (b, t) the same under the frozen reference, or
-            None for the reference-free ``"simpo"`` (which requires None).
-        chosen_mask, rejected_mask: (b, t) bool; the divergence span (localized loss) or the
-            whole completion (sequence-level DPO). The two sides may have different ``t``.
-        beta: inverse temperature of the implicit reward (DPO's beta; SimPO's beta).
-        loss_type: "sigmoid" | "ipo" | "hinge" | "robust" | "apo_zero" | "simpo" | "dpop" |
-            "cal_dpo" (equations below; Cal-DPO's sigmoid takes h without beta, whose only role
-            there is the calibration target 1 / (2 beta)).
-        aggregation: "sum" (default, the papers' sequence log-probs) or "mean" (per pair, the
-            average over its span tokens: length normalization).
-        label_smoothing: epsilon, the assumed rate of flipped labels: conservative DPO when
-            used with "sigmoid", robust DPO with "robust" (must be in [0, 0.5) there).
-        ipo_tau: IPO's tau; None means ``beta`` (as in TRL).
-        simpo_gamma: SimPO's target reward margin gamma.
-        dpop_lambda: DPOP's lambda, the weight of the penalty on a negative chosen log-ratio
-            (>= 0; 0 is DPO). 50 is the Smaug paper's value.
-        sft_weight: weight alpha of an SFT anchor added to each pair's loss (RPO, see below).
-        policy_chosen_nll_mask: (b, t) bool tokens of the anchor; None means ``chosen_mask``
-            (pass the whole corrected completion's mask to anchor on all of it).
-
-    Returns:
-        PreferenceOutput; ``.sum / global_count`` is the batch loss.
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if aggregation not in ("sum", "mean"):
-        raise ValueError(f"aggregation must be 'sum' or 'mean', got {aggregation!r}")
-    refs_given = (ref_chosen_logps is not None, ref_rejected_logps is not None)
-    if loss_type in REFERENCE_FREE and any(refs_given):
-        raise ValueError(f"loss_type={loss_type!r} is reference-free: pass ref_*_logps=None")
-    if loss_type not in REFERENCE_FREE and not all(refs_given):
-        raise ValueError(f"loss_type={loss_type!r} needs ref_chosen_logps and ref_rejected_logps")
-    _check("chosen", policy_chosen_logps, chosen_mask)
-    _check("rejected", policy_rejected_logps, rejected_mask)
-    _check("ref chosen", ref_chosen_logps, chosen_mask)
-    _check("ref rejected", ref_rejected_logps, rejected_mask)
-    if chosen_mask.shape[0] != rejected_mask.shape[0]:
-        raise ValueError(f"{chosen_mask.shape[0]} chosen vs {rejected_mask.shape[0]} rejected rows")
-
-    chosen_tokens = chosen_mask.sum(-1)  # (b,)
-    rejected_tokens = rejected_mask.sum(-1)  # (b,)
-    _check_spans(chosen_tokens, rejected_tokens, aggregation)
-
-    pi_w = _aggregate(policy_chosen_logps, chosen_mask, chosen_tokens, aggregation)  # (b,)
-    pi_l = _aggregate(policy_rejected_logps, rejected_mask, rejected_tokens, aggregation)
-    if loss_type in REFERENCE_FREE:
-        chosen_logratios, rejected_logratios = pi_w, pi_l  # SimPO's reward has no reference
-    else:
-        chosen_logratios = pi_w - _aggregate(ref_chosen_logps, chosen_mask, chosen_tokens,
-                                             aggregation)
-        rejected_logratios = pi_l - _aggregate(ref_rejected_logps, rejected_mask, rejected_tokens,
-                                               aggregation)
-    h = chosen_logratios - rejected_logratios  # (b,)
-    eps = label_smoothing
-
-    if loss_type == "sigmoid":
-        # DPO, Rafailov et al. 2023 eq. 7:  L = -log sigma(beta * h).
-        # With eps > 0, conservative DPO (cDPO; Mitchell 2023, "A note on DPO with noisy
-        # preferences"): the BCE against the smoothed target 1 - eps,
-        #   L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h).
-        losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
-    elif loss_type == "ipo":
-        # IPO, Azar et al. 2024 ("A General Theoretical Paradigm...", arXiv:2310.12036) eq. 17:
-        #   L = (h - 1 / (2 tau))^2.   TRL's IPO is this with aggregation="mean".
-        tau = beta if ipo_tau is None else ipo_tau
-        losses = (h - 1 / (2 * tau)) ** 2
-    elif loss_type == "hinge":
-        # SLiC-HF calibration hinge (Zhao et al. 2023, arXiv:2305.10425) on reference-normalized
-        # log-likelihoods, as in RSO (Liu et al. 2024, arXiv:2309.06657) and TRL:
-        #   L = max(0, 1 - beta * h).
-        losses = torch.relu(1 - beta * h)
-    elif loss_type == "robust":
-        # Robust DPO, Chowdhury et al. 2024 ("Provably Robust DPO", arXiv:2403.00409), the
-        # unbiased loss under label-flip rate eps < 1/2:
-        #   L = [(1 - eps) * (-log sigma(beta h)) - eps * (-log sigma(-beta h))] / (1 - 2 eps).
-        if not 0.0 <= eps < 0.5:
-            raise ValueError(f"loss_type='robust' needs label_smoothing in [0, 0.5), got {eps}")
-        losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
-    elif loss_type == "apo_zero":
-        # APO-zero, D'Oosterlinck et al. 2024 ("Anchored Preference Optimization",
-        # arXiv:2408.06266) eq. 7: push the chosen log-ratio up and the rejected one down,
-        # each anchored at zero:  L = (1 - sigma(beta * r_w)) + sigma(beta * r_l).
-        losses = (1 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
-    elif loss_type == "dpop":
-        # DPO-Positive, Pal et al. 2024 ("Smaug", arXiv:2402.13228), Sec. 3: DPO with a penalty
-        # once the chosen log-ratio is negative (the chosen span got LESS likely than under the
-        # reference, which DPO allows as long as the rejected one falls faster):
-        #   L = -log sigma(beta * (h - lambda * max(0, -log_ratio_w))).
-        # lambda = 0 is DPO; while log_ratio_w >= 0 the two are equal.
-        if dpop_lambda < 0:
-            raise ValueError(f"loss_type='dpop' needs dpop_lambda >= 0, got {dpop_lambda}")
-        losses = -F.logsigmoid(beta * (h - dpop_lambda * torch.relu(-chosen_logratios)))
-    elif loss_type == "cal_dpo":
-        # Cal-DPO, Xiao et al. 2024 (arXiv:2412.14516), Sec. 4: a contrastive term plus a squared
-        # calibration of each log-ratio to r / beta for the rewards r = +1/2 (chosen), -1/2
-        # (rejected), so the chosen log-ratio is pulled UP even once the margin is won:
-        #   L = -log sigma(h) + (log_ratio_w - 1/(2 beta))^2 + (log_ratio_l + 1/(2 beta))^2.
-        # beta is NOT inside the sigmoid, unlike DPO: so in both of the authors' code releases
-        # (github.com/Cal-DPO/Cal-DPO, Pythia-2.8b-exp/trainers.py, shift=0.5; and
-        # github.com/tengxiao1/Cal-DPO, scripts/dpo_trainer.py). The Pythia release weighs the
-        # calibration by 1, as here; the tengxiao1 release by 0.5. Doubt: we read the paper's
-        # equation only through those releases. With aggregation="mean" the targets +-1/(2 beta)
-        # apply to per-token log-ratios, not the paper's sequence sums: scale beta accordingly.
-        target = 1 / (2 * beta)
-        losses = (-F.logsigmoid(h) + (chosen_logratios - target) ** 2
-                  + (rejected_logratios + target) ** 2)
-    else:  # "simpo"
-        # SimPO, Meng et al. 2024 (arXiv:2405.14734) eq. 6, reference-free with margin gamma:
-        #   L = -log sigma(beta * (pi_w - pi_l) - gamma),
-        # where pi_* are the span log-probs; the paper's form is aggregation="mean"
-        # (length-normalized). eps > 0 smooths it like cDPO (as in the SimPO code release).
-        z = beta * h - simpo_gamma
-        losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
-
-    if sft_weight:
-        # SFT anchor as in RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization",
-        # arXiv:2404.19733): L += alpha * (-log pi(y_w | x) / |y_w|), the per-pair
-        # length-normalized NLL of the anchor tokens (the chosen span unless told otherwise).
-        nll_mask = chosen_mask if policy_chosen_nll_mask is None else policy_chosen_nll_mask
-        _check("policy_chosen_nll", policy_chosen_logps, nll_mask)
-        nll_tokens = nll_mask.sum(-1)  # (b,)
-        if bool((nll_tokens == 0).any()):
-            raise ValueError("sft_weight > 0 but some pair's SFT-anchor mask is empty")
-        losses = losses + sft_weight * (-_masked_sum(policy_chosen_logps, nll_mask) / nll_tokens)
-
-    return PreferenceOutput(
-        losses=losses,
-        chosen_rewards=(beta * chosen_logratios).detach(),
-        rejected_rewards=(beta * rejected_logratios).detach(),
-        sum=losses.sum(),
-        count=int(losses.shape[0]),
-        chosen_tokens=chosen_tokens,
-        rejected_tokens=rejected_tokens,
-        policy_chosen_seq_logps=_masked_sum(policy_chosen_logps, chosen_mask).detach(),
-        policy_rejected_seq_logps=_masked_sum(policy_rejected_logps, rejected_mask).detach(),
-    )
-
-
 def sft_loss(policy_logps: Tensor, mask: Tensor) -> SFTOutput:
     """Negative log-likelihood over the masked tokens, as a sum and a count.
 
@@ -296,3 +430,7 @@ def preference_metrics(out: PreferenceOutput) -> dict[str, Tensor]:
         "span/chosen_tokens": out.chosen_tokens.float().mean(),
         "span/rejected_tokens": out.rejected_tokens.float().mean(),
     }
+
+
+LOSS_TYPES: tuple[str, ...] = tuple(LOSSES)  # the registered names, in order of definition
+REFERENCE_FREE: frozenset[str] = frozenset(k for k, v in LOSSES.items() if v.reference_free)

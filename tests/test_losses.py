@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from localpref.logprobs import token_logps, token_logps_from_hidden
-from localpref.losses import LOSS_TYPES, preference_loss, preference_metrics, sft_loss
+from localpref.losses import LOSS_TYPES, REFERENCE_FREE, loss_params, preference_loss, preference_metrics, sft_loss
 
 
 def sig(x: float) -> float:
@@ -20,7 +20,7 @@ def sig(x: float) -> float:
 
 
 def refs_for(loss_type, ref_c, ref_r):
-    return (None, None) if loss_type == "simpo" else (ref_c, ref_r)
+    return (None, None) if loss_type in REFERENCE_FREE else (ref_c, ref_r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_gradcheck_and_zero_gradient_outside_masks(loss_type, aggregation):
               for _ in range(2))
     rc, rr = (-torch.rand(b, t, generator=g, dtype=torch.float64) for _ in range(2))
     kw = dict(loss_type=loss_type, aggregation=aggregation, beta=0.7, sft_weight=0.3,
-              label_smoothing=0.1 if loss_type in ("robust", "sigmoid") else 0.0)
+              **({"label_smoothing": 0.1} if "label_smoothing" in loss_params(loss_type) else {}))
     refs = refs_for(loss_type, rc, rr)
 
     def f(pc, pr):
@@ -453,7 +453,7 @@ def test_bf16_huge_logits_odd_vocab_one_token_span(loss_type, scale):
     assert all((x <= 0).all() and torch.isfinite(x).all() for x in tl.values())
     out = preference_loss(tl["pc"], tl["pr"], *refs_for(loss_type, tl["rc"], tl["rr"]),
                           mask, mask, loss_type=loss_type, beta=0.1,
-                          aggregation="mean" if loss_type == "simpo" else "sum")
+                          aggregation="mean" if loss_type in ("simpo", "orpo") else "sum")
     assert torch.isfinite(out.losses).all() and (out.losses >= 0).all()
     out.sum.backward()
     assert torch.isfinite(logits["pc"].grad.float()).all()

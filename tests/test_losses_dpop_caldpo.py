@@ -166,8 +166,9 @@ def test_every_mask_aggregation_and_anchor(loss_type, mask, aggregation, sft_wei
     lp, masks = random_batch()
     mc, mr = masks["c"][mask], masks["r"][mask]
     kw = dict(beta=0.3, aggregation=aggregation, sft_weight=sft_weight)
+    params = dict(dpop_lambda=5.0) if loss_type == "dpop" else {}  # Cal-DPO has no parameter but beta
     out = preference_loss(lp["pc"], lp["pr"], lp["rc"], lp["rr"], mc, mr, loss_type=loss_type,
-                          dpop_lambda=5.0, **kw)
+                          **params, **kw)
     expected = reference_loss(loss_type, lp, mc, mr, dpop_lambda=5.0, **kw)
     # float64, the same terms summed in another order: ~1e-15 relative of values <= ~30.
     torch.testing.assert_close(out.losses, expected, atol=1e-12, rtol=0)
@@ -243,21 +244,25 @@ def test_loss_files_compose_on_localized(name, loss_type):
     loss = cfg.loss
     assert (loss.objective, loss.mask, loss.loss_type, loss.beta, loss.aggregation, loss.sft_weight) == (
         "preference", "span", loss_type, 0.1, "sum", 0.0)  # localized.yaml's, but the loss type
-    assert loss.dpop_lambda == 50.0
+    assert loss.params == ({"dpop_lambda": 50.0} if name == "dpop" else {})
     validate(cfg)
     # Every span mode composes through the config too.
+    lam = ["loss.params.dpop_lambda=5"] if name == "dpop" else []
     other = OmegaConf.to_object(_compose([f"loss={name}", "loss.mask=completion",
-                                          "loss.aggregation=mean", "loss.sft_weight=0.1",
-                                          "loss.dpop_lambda=5"]))
-    assert (other.loss.mask, other.loss.aggregation, other.loss.dpop_lambda) == ("completion", "mean", 5.0)
+                                          "loss.aggregation=mean", "loss.sft_weight=0.1", *lam]))
+    assert (other.loss.mask, other.loss.aggregation, other.loss.params.get("dpop_lambda", 5.0)) == (
+        "completion", "mean", 5.0)
     validate(other)
 
 
 def test_bad_loss_values_fail_validation():
     with pytest.raises(ValueError, match="loss.loss_type='dpo' is not one of"):
         validate(OmegaConf.to_object(_compose(["loss.loss_type=dpo"])))
-    with pytest.raises(ValueError, match="loss.dpop_lambda=-1.0 must be >= 0"):
-        validate(OmegaConf.to_object(_compose(["loss=dpop", "loss.dpop_lambda=-1"])))
+    with pytest.raises(ValueError, match="dpop_lambda >= 0, got -1.0"):
+        validate(OmegaConf.to_object(_compose(["loss=dpop", "loss.params.dpop_lambda=-1"])))
+    # a parameter the loss does not take fails before anything loads, naming the key
+    with pytest.raises(ValueError, match=r"loss.params.dpop_lambda is not a parameter of loss_type='cal_dpo'"):
+        validate(OmegaConf.to_object(_compose(["loss=cal_dpo", "+loss.params.dpop_lambda=5"])))
 
 
 def run(run_dir: Path, *overrides: str) -> list[dict]:
@@ -280,8 +285,8 @@ def test_tiny_training_run(loss, first, tmp_path):
 
 
 def test_dpop_lambda_reaches_the_loss(tmp_path, monkeypatch):
-    # The loop must pass loss.dpop_lambda on; a default taken inside preference_loss instead
-    # would silently ignore the config.
+    # The loop must pass loss.params.dpop_lambda on; a default taken inside preference_loss
+    # instead would silently ignore the config.
     seen = []
 
     def spy(*args, **kwargs):
@@ -289,5 +294,5 @@ def test_dpop_lambda_reaches_the_loss(tmp_path, monkeypatch):
         return preference_loss(*args, **kwargs)
 
     monkeypatch.setattr(localpref.train, "preference_loss", spy)
-    run(tmp_path, "loss=dpop", "loss.dpop_lambda=7", "trainer.max_steps=1")
+    run(tmp_path, "loss=dpop", "loss.params.dpop_lambda=7", "trainer.max_steps=1")
     assert seen and set(seen) == {7.0}
