@@ -1,163 +1,170 @@
-"""Intervals and tests for reporting: pure functions of numbers, no dependencies beyond the stdlib.
+"""Intervals and tests for reporting. Distributions and tests come from ``scipy.stats``; this module
+keeps only what no library has: percentile bootstraps over clustered and crossed designs.
 
-* ``wilson_interval(k, n)``: 95% Wilson score interval of a proportion (Wilson 1927); better than
-  the normal approximation near 0 and 1, where pass rates of small models live.
-* ``bootstrap_interval(stat, n)``: percentile bootstrap over ``n`` units (tasks), for ratios such
-  as steers per verified output; deterministic (seeded).
-* ``crossed_bootstrap_interval(stat, n_seeds, n_prompts)``: percentile bootstrap over two crossed
-  sources of noise at once (training seeds x evaluation prompts: every run steers the same prompts),
-  resampling both; for a mean of per-prompt values in [0, 1] it never leaves [0, 1].
-* ``t_interval(values)``: mean and 95% Student-t interval over seeds (for unbounded quantities).
-* ``paired_t_test(a, b)``: two-sided paired t-test of per-seed differences (methods sharing seeds).
+* ``wilson_interval(k, n)``: Wilson score interval of a proportion (Wilson 1927; scipy's
+  ``binomtest``); better than the normal approximation near 0 and 1, where small models' pass rates live.
+* ``pooled_wilson_interval(ks, ns)``: the same for a rate pooled over runs that kept only counts.
+* ``t_interval(values)``: mean and Student-t interval over seeds (for unbounded per-run quantities).
+* ``bootstrap_interval(values, den)``: percentile bootstrap of a mean or a ratio of sums over
+  independent units (tasks).
+* ``cluster_bootstrap(values, clusters, den)``: the same when units come in clusters (prompts that
+  share answer items): whole clusters are resampled.
+* ``crossed_bootstrap(matrix, clusters)``: percentile bootstrap over two crossed sources of noise
+  (training seeds x evaluation prompts: every run steers the same prompts), resampling both.
+* ``paired_permutation_test(a, b)``: exact two-sided sign-flip test of the mean paired difference
+  (methods sharing seeds).
+
+Every bootstrap is the same computation (``_bootstrap``): draw, per resample, how often each seed
+and each cluster is taken (counts ``W`` (B, S) and ``C`` (B, K)), and weight the cells with them.
+Seeded (``numpy.random.default_rng(seed)``), so a table renders the same twice.
 """
 
 from __future__ import annotations
 
-import math
-import random
-from typing import Callable, Sequence
+from typing import Hashable, Sequence
 
-Z95 = 1.959963984540054  # standard normal quantile at 0.975
-
-
-def t_quantile_975(df: int) -> float:
-    """0.975 quantile of Student's t with ``df`` degrees of freedom: the t whose two-sided p-value
-    is 0.05, found by bisection on ``_t_sf_two_sided`` (exact for every df; the normal 1.96 is only
-    the limit, and using it at df = 40 would make intervals ~3% too narrow)."""
-    if df < 1:
-        raise ValueError(f"need df >= 1, got {df}")
-    lo, hi = Z95, 13.0  # t_975 falls from 12.706 (df 1) towards 1.96
-    for _ in range(100):  # the p-value falls as t grows
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_sf_two_sided(mid, df) > 0.05 else (lo, mid)
-    return (lo + hi) / 2
+import numpy as np
+from scipy import stats as sps
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of ``k`` successes in ``n`` trials."""
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of ``k`` successes in ``n`` independent trials (0 successes: the low
+    bound is exactly 0; ``n`` successes: the high bound is exactly 1)."""
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    p = k / n
-    center = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, center - half), min(1.0, center + half)
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
-def bootstrap_interval(stat: Callable[[list[int]], float], n: int, *, resamples: int = 2000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat(indices)`` over ``n`` units resampled with replacement.
-
-    A resample whose statistic is NaN (e.g. inf - inf: two ratios with nothing verified) has no
-    order, and sorting it in would place the percentiles arbitrarily: then the interval is
-    undefined and both bounds are NaN (say so where it is shown)."""
-    if n <= 0:
-        raise ValueError("cannot bootstrap zero units")
-    rng = random.Random(seed)
-    return _percentiles([stat([rng.randrange(n) for _ in range(n)]) for _ in range(resamples)], level)
-
-
-def crossed_bootstrap_interval(stat: Callable[[list[int], list[int]], float], n_seeds: int, n_prompts: int, *,
-                               resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap of ``stat(seed_indices, prompt_indices)`` over a crossed design: runs of
-    ``n_seeds`` training seeds each evaluated on the same ``n_prompts`` prompts. Each resample draws
-    seeds and prompts independently with replacement (the two-way "pigeonhole" bootstrap, Owen
-    2007), so the interval holds both the seed-to-seed and the prompt-to-prompt noise; holding
-    either fixed understates it. Comparing two methods that share seeds and prompts, let ``stat``
-    return their difference on the same indices (a paired comparison over both). With one seed
-    it is the plain bootstrap over prompts. NaN resamples: see ``bootstrap_interval``."""
-    if n_seeds <= 0 or n_prompts <= 0:
-        raise ValueError(f"cannot bootstrap {n_seeds} seeds x {n_prompts} prompts")
-    rng = random.Random(seed)
-    values = []
-    for _ in range(resamples):
-        seeds = [rng.randrange(n_seeds) for _ in range(n_seeds)]
-        values.append(stat(seeds, [rng.randrange(n_prompts) for _ in range(n_prompts)]))
-    return _percentiles(values, level)
-
-
-def _percentiles(values: list[float], level: float) -> tuple[float, float]:
-    if any(math.isnan(v) for v in values):
-        return math.nan, math.nan
-    values = sorted(values)
-    lo = values[int((1 - level) / 2 * len(values))]
-    hi = values[min(len(values) - 1, int((1 + level) / 2 * len(values)))]
-    return lo, hi
-
-
-def pooled_wilson_interval(ks: Sequence[int], ns: Sequence[int]) -> tuple[float, float]:
+def pooled_wilson_interval(ks: Sequence[int], ns: Sequence[int], level: float = 0.95) -> tuple[float, float]:
     """Wilson interval of a rate pooled over runs: ``sum(ks)`` successes in ``sum(ns)`` trials.
     For rates where only each run's count is known (no per-item outcomes to resample); it holds
-    the items' binomial noise, not the seeds', so prefer ``crossed_bootstrap_interval`` when the
-    per-item outcomes exist."""
-    return wilson_interval(int(sum(ks)), int(sum(ns)))
+    the items' binomial noise, not the seeds', so prefer ``crossed_bootstrap`` when the per-item
+    outcomes exist."""
+    return wilson_interval(int(sum(ks)), int(sum(ns)), level)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    m = sum(values) / len(values)
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, sd
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): 95% Student-t interval of the mean of ``values`` (e.g. over seeds)."""
-    if not values:
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval of the mean of ``values`` (e.g. one per seed), with
+    n - 1 degrees of freedom. One value has no spread to estimate, and equal values have none:
+    both give (m, m, m), a point, not a claim of certainty; say so where it is shown."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
         raise ValueError("no values")
-    m, sd = mean_std(values)
-    if len(values) == 1:
+    m, sem = float(x.mean()), float(sps.sem(x)) if x.size > 1 else 0.0
+    if sem == 0:  # scipy's t.interval gives NaN for scale 0
         return m, m, m
-    half = t_quantile_975(len(values) - 1) * sd / math.sqrt(len(values))
-    return m, m - half, m + half
+    lo, hi = sps.t.interval(level, x.size - 1, loc=m, scale=sem)
+    return m, float(lo), float(hi)
 
 
-def _t_sf_two_sided(t: float, df: int) -> float:
-    """Two-sided p-value of Student's t via the regularized incomplete beta function."""
-    x = df / (df + t * t)
-    return _betainc(df / 2, 0.5, x)
+def bootstrap_interval(values: Sequence[float], den: Sequence[float] | None = None, *, resamples: int = 2000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, low, high): percentile bootstrap of ``sum(values) / sum(den)`` over ``n``
+    independent units (tasks) resampled with replacement; ``den`` None: the mean of ``values``.
+
+    For ratios such as steers per verified output (``values`` steers, ``den`` verified 0/1). A
+    resample whose ``den`` sums to 0 (nothing verified) counts as +inf, so a high bound may be
+    inf; inf has an order, so the percentiles stay defined. Values must be finite (ValueError)."""
+    n = len(values)
+    return cluster_bootstrap(values, range(n), den, resamples=resamples, seed=seed, level=level)
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function, modified Lentz (Numerical Recipes, betacf)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for aa in (m * (b - m) * x / ((a - 1 + 2 * m) * (a + 2 * m)),
-                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1 + 2 * m))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 3e-14:
-            break
-    return h
+def cluster_bootstrap(values: Sequence[float], clusters: Sequence[Hashable], den: Sequence[float] | None = None, *,
+                      resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, low, high): percentile bootstrap of the mean of per-prompt ``values`` (n,) (or
+    of ``sum(values) / sum(den)``) whose prompts come in ``clusters`` (n,): any hashable labels,
+    e.g. the prompts that share answer items. Whole clusters are resampled with replacement and
+    the statistic is the mean of the prompts they hold (a cluster drawn twice counts twice), so
+    the interval holds the correlation within a cluster that a bootstrap over prompts hides
+    (Davison & Hinkley 1997, sec. 3.8). Clusters of one prompt: ``bootstrap_interval``. With one
+    cluster every resample is the data itself (zero width): there is nothing to resample.
+    ``den``: see ``bootstrap_interval``."""
+    x = _finite(values, "values")[None, :]  # (1, n): one replicate unit
+    d = None if den is None else _finite(den, "den")[None, :]
+    if d is not None and d.shape != x.shape:
+        raise ValueError(f"values and den differ in length: {x.shape[1]} and {d.shape[1]}")
+    return _bootstrap(x, d, clusters, resample_units=False, resamples=resamples, seed=seed, level=level)
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0 or x >= 1:
-        return float(x >= 1)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1) / (a + b + 2):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1 - x) / b
+def crossed_bootstrap(matrix: Sequence[Sequence[float]], clusters: Sequence[Hashable] | None = None, *,
+                      resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap of the mean of ``matrix`` (S, P): S replicate units
+    (independently trained models, "seeds") each evaluated on the same P prompts, grouped into
+    ``clusters`` (P,) (None: each prompt its own cluster).
+
+    Each resample draws seeds and clusters independently with replacement, the two-way
+    "pigeonhole" bootstrap (Owen 2007, here over clusters rather than prompts), and weights every
+    cell by how often its seed and its cluster were drawn, so the interval holds the seed-to-seed
+    and the prompt-to-prompt noise; holding either fixed understates it (a bootstrap over prompts
+    alone is ``cluster_bootstrap`` of the seeds' mean per prompt). It is mildly conservative
+    (Owen 2007): the cells' own noise is counted in both margins. For a mean of values in [0, 1] the
+    interval never leaves [0, 1]. A paired comparison of two methods on the same seeds and prompts
+    is this function on the difference matrix. With S = 1 it is ``cluster_bootstrap``. Cells must
+    be finite (ValueError): no caller has missing cells, and dropping them would unbalance the design."""
+    x = np.asarray(matrix, dtype=float)
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"need a non-empty (seeds, prompts) matrix, got shape {x.shape}")
+    x = _finite(x, "matrix")
+    clusters = range(x.shape[1]) if clusters is None else clusters
+    return _bootstrap(x, None, clusters, resample_units=True, resamples=resamples, seed=seed, level=level)
 
 
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """(mean of a - b, two-sided p-value) of a paired t-test; ``a[i]`` and ``b[i]`` share seed ``i``.
+def paired_permutation_test(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the exact paired permutation (sign-flip) test of mean(a - b) = 0;
+    ``a[i]`` and ``b[i]`` share seed ``i``. Under the null each difference is as likely negated,
+    so all 2^S sign flips are enumerated (``scipy.stats.permutation_test``, ``permutation_type=
+    "samples"``); no normality is assumed, and equal differences need no special case: three
+    equal positive ones give 2 / 2^3 = 0.25 (the smallest p three seeds allow), all zero give 1.
+    S is at most 16 (65,536 flips); more seeds want a sampled test."""
+    if len(a) != len(b) or not 2 <= len(a) <= 16:
+        raise ValueError(f"need two paired samples of equal length in 2..16, got {len(a)} and {len(b)}")
+    _finite(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), "paired differences")
+    res = sps.permutation_test((np.asarray(a, dtype=float), np.asarray(b, dtype=float)),
+                               lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+                               vectorized=True, n_resamples=np.inf, alternative="two-sided")
+    return float(res.pvalue)
 
-    Differences that are all equal have no variance, so t is undefined (not infinite: n equal
-    draws are weak evidence when n is 3). Then the p-value is the exact two-sided sign test's,
-    ``min(1, 2 * 0.5**n)`` (0.25 for three equal non-zero differences), and 1 when they are all 0."""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"need two paired samples of equal length >= 2, got {len(a)} and {len(b)}")
-    diffs = [x - y for x, y in zip(a, b)]
-    if any(math.isinf(d) or math.isnan(d) for d in diffs):
-        raise ValueError(f"paired differences must be finite, got {diffs}")
-    m, sd = mean_std(diffs)
-    if sd <= 1e-12 * max(1.0, abs(m)):  # equal up to rounding (0.1 - 0 three times has sd ~1e-17)
-        return m, 1.0 if m == 0 else min(1.0, 2 * 0.5 ** len(diffs))
-    t = m / (sd / math.sqrt(len(diffs)))
-    return m, _t_sf_two_sided(t, len(diffs) - 1)
+
+def _finite(values, what: str) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError(f"cannot bootstrap empty {what}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} must be finite, got {x[~np.isfinite(x)][:3].tolist()}")
+    return x
+
+
+def _counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """(B, n): how often each of ``n`` units is drawn in each of B resamples of n draws with
+    replacement (a multinomial(n, 1/n) per row, from one index matrix and a bincount)."""
+    draws = rng.integers(n, size=(resamples, n)) + n * np.arange(resamples)[:, None]  # (B, n), row-offset
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+
+
+def _bootstrap(x: np.ndarray, den: np.ndarray | None, clusters: Sequence[Hashable], *, resample_units: bool,
+               resamples: int, seed: int, level: float) -> tuple[float, float, float]:
+    """The percentile bootstrap of sum(W C x) / sum(W C den) over x (S, P) (den None: ones), C
+    resampling the clusters of the P prompts and W (``resample_units``) the S rows."""
+    labels = list(clusters)
+    if len(labels) != x.shape[1]:
+        raise ValueError(f"{len(labels)} cluster labels for {x.shape[1]} prompts")
+    index: dict[Hashable, int] = {}
+    codes = np.array([index.setdefault(c, len(index)) for c in labels])  # (P,) cluster of each prompt
+    k = len(index)
+    # cell sums per (seed, cluster): resampling whole clusters only ever needs these
+    num = np.stack([np.bincount(codes, weights=row, minlength=k) for row in x])  # (S, K)
+    den_sums = (np.bincount(codes, minlength=k)[None, :].repeat(x.shape[0], 0) if den is None
+                else np.stack([np.bincount(codes, weights=row, minlength=k) for row in den]))  # (S, K)
+    rng = np.random.default_rng(seed)
+    c = _counts(rng, k, resamples)  # (B, K), drawn first: with S = 1 the crossed and cluster bootstraps agree
+    w = _counts(rng, x.shape[0], resamples) if resample_units else np.ones((resamples, x.shape[0]))  # (B, S)
+    top = np.einsum("bs,sk,bk->b", w, num, c)
+    bottom = np.einsum("bs,sk,bk->b", w, den_sums, c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.where(bottom > 0, top / bottom, np.inf)  # (B,) nothing in the denominator: +inf
+    total = den_sums.sum()
+    estimate = float(num.sum() / total) if total > 0 else float("inf")
+    # no interpolation between neighbours: a percentile is one resample's value (inf stays inf)
+    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return estimate, float(lo), float(hi)

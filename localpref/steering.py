@@ -41,7 +41,7 @@ from typing import Any, Iterable
 import torch
 
 from localpref.generation import TurnWriter, generate_batch
-from localpref.stats import bootstrap_interval, wilson_interval
+from localpref.stats import bootstrap_interval, cluster_bootstrap, wilson_interval
 from localpref.tasks import Task, TaskFamily
 
 
@@ -325,12 +325,29 @@ def append_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -
 # The evaluation
 
 
-def _ratio(num: list[float], den: list[float]):
-    """The statistic sum(num) / sum(den) over resampled task indices; inf when nothing is in den."""
-    def stat(idx: list[int]) -> float:
-        d = sum(den[i] for i in idx)
-        return sum(num[i] for i in idx) / d if d else float("inf")
-    return stat
+def _clusters(records: list[dict[str, Any]]) -> list[Any] | None:
+    """Each task's cluster (``meta.task.cluster``, a string or number: prompts that share answer
+    items) when every record has one, else None (tasks are then taken as independent)."""
+    labels = [(r["meta"].get("task") or {}).get("cluster") for r in records]
+    return None if any(c is None for c in labels) else labels
+
+
+def _bootstrap(values: list[float], den: list[float] | None, clusters: list[Any] | None) -> tuple[float, float]:
+    """95% percentile bootstrap of sum(values) / sum(den) (den None: the mean) over tasks, or over
+    whole clusters of tasks; a resample with nothing in ``den`` counts as inf (``localpref.stats``)."""
+    _, lo, hi = (bootstrap_interval(values, den) if clusters is None
+                 else cluster_bootstrap(values, clusters, den))
+    return lo, hi
+
+
+def _rate_ci(outcomes: list[bool], clusters: list[Any] | None) -> tuple[float, float]:
+    """95% interval of a rate: Wilson over independent tasks; with clusters, the cluster bootstrap,
+    unless every outcome is equal (every resample would be the same, a zero-width interval that
+    hides how few tasks were seen): then Wilson, which treats the tasks as independent."""
+    k, n = int(sum(outcomes)), len(outcomes)
+    if clusters is None or k in (0, n):
+        return wilson_interval(k, n)
+    return _bootstrap([float(o) for o in outcomes], None, clusters)
 
 
 def steers_to_verify(record: dict[str, Any]) -> int:
@@ -361,9 +378,9 @@ def summarize(records: list[dict[str, Any]], *, budget: int | None = None) -> di
 
     steers_to_verify          the headline: mean over ALL tasks of the steers spent, a task not
                               verified within the budget counting as budget + 1 (``steers_to_verify``;
-                              percentile bootstrap over tasks, 2000 resamples)
-    pass_rate                 share of unsteered answers that verify (Wilson interval)
-    verified_within_budget    share of tasks verified after at most ``budget`` steers (Wilson)
+                              percentile bootstrap, 2000 resamples, see below)
+    pass_rate                 share of unsteered answers that verify (Wilson interval, see below)
+    verified_within_budget    share of tasks verified after at most ``budget`` steers (as pass_rate)
     token_capped              tasks that ended on the task's token cap (``max_task_tokens``)
                               unverified, with fewer steers than the budget: should be rare
     steers_per_verified       secondary: all steers spent / outputs verified within the budget (a
@@ -374,6 +391,11 @@ def summarize(records: list[dict[str, Any]], *, budget: int | None = None) -> di
     steers_per_task           mean steers spent per task (bootstrap)
     first_error_unit          mean index of the first wrong unit of unsteered answers that have one
     chars_per_verified        characters typed per verified output (bootstrap; drops as above)
+
+    The bootstraps resample tasks as independent units; when every record's task names its cluster
+    (``meta.task.cluster``: prompts that share answer items, whose outcomes go together) they
+    resample whole clusters instead (``localpref.stats.cluster_bootstrap``), and the rates get a
+    cluster bootstrap too in place of Wilson (``_rate_ci``).
     """
     n = len(records)
     if n == 0:
@@ -387,25 +409,27 @@ def summarize(records: list[dict[str, Any]], *, budget: int | None = None) -> di
     chars = [float(sum(s.get("cost", {}).get("chars", 0) for s in r["steps"])) for r in records]
     first_units = [float(r["meta"]["first_error"]["unit"]) for r in records if r["meta"]["first_error"]]
     out: dict[str, Any] = {"tasks": n, "budget": budget if budget is not None else records[0]["meta"]["budget"]}
+    clusters = _clusters(records)
     out["steers_to_verify"] = sum(to_verify) / n
-    out["steers_to_verify_ci"] = bootstrap_interval(_ratio(to_verify, [1.0] * n), n)
-    out["pass_rate"], out["pass_rate_ci"] = sum(passed) / n, wilson_interval(sum(passed), n)
+    out["steers_to_verify_ci"] = _bootstrap(to_verify, None, clusters)
+    out["pass_rate"], out["pass_rate_ci"] = sum(passed) / n, _rate_ci(passed, clusters)
     out["verified_within_budget"] = sum(verified) / n
-    out["verified_within_budget_ci"] = wilson_interval(int(sum(verified)), n)
+    out["verified_within_budget_ci"] = _rate_ci([bool(v) for v in verified], clusters)
     out["token_capped"] = sum(_capped(r) and not r["verified"] for r in records)
     if sum(verified) > 0:
         out["steers_per_verified"] = sum(steers) / sum(verified)
-        out["steers_per_verified_ci"] = bootstrap_interval(_ratio(steers, verified), n)
+        out["steers_per_verified_ci"] = _bootstrap(steers, verified, clusters)
         out["chars_per_verified"] = sum(chars) / sum(verified)
-        out["chars_per_verified_ci"] = bootstrap_interval(_ratio(chars, verified), n)
+        out["chars_per_verified_ci"] = _bootstrap(chars, verified, clusters)
     else:
         out["steers_per_verified"] = float("inf")
     out["steers_per_task"] = sum(steers) / n
-    out["steers_per_task_ci"] = bootstrap_interval(_ratio(steers, [1.0] * n), n)
+    out["steers_per_task_ci"] = _bootstrap(steers, None, clusters)
     if first_units:
-        m = len(first_units)
-        out["first_error_unit"] = sum(first_units) / m
-        out["first_error_unit_ci"] = bootstrap_interval(_ratio(first_units, [1.0] * m), m)
+        erred = [i for i, r in enumerate(records) if r["meta"]["first_error"]]
+        out["first_error_unit"] = sum(first_units) / len(first_units)
+        out["first_error_unit_ci"] = _bootstrap(first_units, None,
+                                                None if clusters is None else [clusters[i] for i in erred])
     out["tokens_generated"] = sum(r["meta"]["new_tokens"] for r in records)
     out["seconds"] = round(sum(r["meta"]["seconds"] for r in records), 1)
     return out

@@ -16,10 +16,10 @@ spent per held-out prompt, a prompt not verified within the budget counting as b
 prompt counts). Runs are seeds x the same held-out prompts, so steering figures (steers to verify,
 verified within budget, pass rate) get a two-way bootstrap over seeds and prompts (both sources of
 noise; a rate's interval never leaves [0, 1]); a method against localized DPO is paired over both
-(the same resampled seeds, which share their collected steers, and prompts), beside a paired
-t-test over seeds. Span log-prob accuracy, a rate known per run only, gets a Wilson interval pooled
-over the seeds' held-out steers; the unbounded preference metrics (NLL, KL) a Student-t interval
-over seeds.
+(the same resampled seeds, which share their collected steers, and prompts), beside an exact
+paired permutation (sign-flip) test over seeds. Span log-prob accuracy, a rate known per run only,
+gets a Wilson interval pooled over the seeds' held-out steers; the unbounded preference metrics
+(NLL, KL) a Student-t interval over seeds.
 
 Several ``OUT`` folders may be given (parts run separately), and ``--keep-parts-from FILE`` keeps
 the parts of an earlier summary that no given folder re-ran: they are marked ``reanalysed`` in the
@@ -41,8 +41,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.append(str(REPO))  # last: at the front, the folder kernels/ would shadow the package transformers imports
-from localpref.stats import crossed_bootstrap_interval, paired_t_test, pooled_wilson_interval, t_interval  # noqa: E402
+sys.path.insert(0, str(REPO))  # this checkout's localpref; its kernels/ (no __init__.py) shadows nothing
+from localpref.stats import crossed_bootstrap, paired_permutation_test, pooled_wilson_interval, t_interval  # noqa: E402
 
 SUMMARY = HERE / "results" / "summary.json"
 GENERATED = REPO / "paper" / "generated"
@@ -286,11 +286,9 @@ def _capped(runs: list[dict]) -> str:
     return str(sum(p[3] for r in runs for p in r["prompts"]))
 
 
-def _matrix_mean(matrix: list[list[tuple]], col: int):
-    """The statistic 'mean of column ``col`` over resampled seeds x prompts'."""
-    def stat(si: list[int], pi: list[int]) -> float:
-        return sum(matrix[s][p][col] for s in si for p in pi) / (len(si) * len(pi))
-    return stat
+def _column(matrix: list[list[tuple]], col: int) -> list[list[float]]:
+    """Column ``col`` of the outcomes: a (seeds, prompts) matrix for ``crossed_bootstrap``."""
+    return [[float(row[col]) for row in m] for m in matrix]
 
 
 def _same_prompts(*matrices: list[list[tuple]]) -> None:
@@ -305,25 +303,19 @@ def steering_ci(matrix: list[list[tuple]], col: int) -> tuple[float, float, floa
     value, a zero-width interval that hides how few prompts were seen: then the Wilson interval of
     all seeds' prompts pooled is given instead."""
     _same_prompts(matrix)
-    stat = _matrix_mean(matrix, col)
-    every = list(range(len(matrix[0])))
-    mean = stat(list(range(len(matrix))), every)
+    mean, lo, hi = crossed_bootstrap(_column(matrix, col))
     values = {row[col] for m in matrix for row in m}
     if col != STV and len(values) == 1:
-        n = len(matrix) * len(every)
+        n = len(matrix) * len(matrix[0])
         return (mean, *pooled_wilson_interval([round(mean * n)], [n]))
-    lo, hi = crossed_bootstrap_interval(stat, len(matrix), len(every))
     return mean, lo, hi
 
 
 def paired_ci(a: list[list[tuple]], b: list[list[tuple]], col: int) -> tuple[float, float, float]:
     """(mean, lo, hi) of a - b, paired over seeds (position) and prompts: the same resample for both."""
     _same_prompts(a, b)
-    sa, sb = _matrix_mean(a, col), _matrix_mean(b, col)
-    stat = lambda si, pi: sa(si, pi) - sb(si, pi)  # noqa: E731
-    every = list(range(len(a[0])))
-    lo, hi = crossed_bootstrap_interval(stat, len(a), len(every))
-    return stat(list(range(len(a))), every), lo, hi
+    diff = [[x - y for x, y in zip(ra, rb)] for ra, rb in zip(_column(a, col), _column(b, col))]
+    return crossed_bootstrap(diff)
 
 
 def _steer_cells(runs: list[dict], budget: int, keep: list[int] | None = None) -> list[str]:
@@ -647,7 +639,8 @@ def subfamilies(summary, part: str) -> dict[str, str]:
 def paired(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
     """Each method against localized DPO: the difference in steers to verify, paired over seeds and
     prompts at once (a two-way bootstrap resampling seeds, which methods share with their
-    collected steers, and the held-out prompts every run steers), and a paired t-test over seeds."""
+    collected steers, and the held-out prompts every run steers), and an exact paired permutation
+    (sign-flip) test of the seeds' means."""
     final = _runs(summary, part, "final")
     if not final:
         return {}, {}
@@ -670,15 +663,16 @@ def paired(summary, part: str) -> tuple[dict[str, str], dict[str, str]]:
         diff, lo, hi = paired_ci(a, b, STV)
         cell = _interval(diff, lo, hi)
         per_seed = ([sum(x[STV] for x in m) / len(m) for m in a], [sum(x[STV] for x in m) / len(m) for m in b])
-        p = paired_t_test(*per_seed)[1] if len(a) >= 2 else math.nan
+        p = paired_permutation_test(*per_seed) if len(a) >= 2 else math.nan
         numbers[_macro(part, method, "vsloc")] = cell
         numbers[_macro(part, method, "vslocp")] = _fmt(p, 3)
         rows.append([LABELS[method], cell, _fmt(p, 3), "yes" if lo > 0 or hi < 0 else "no", str(len(a))])
-    return _table(f"paired_{part}", ["method", "$\\Delta$ vs 4 [95\\% CI, seeds $\\times$ prompts]", "p (paired t, seeds)",
-                                     "CI excludes 0", "seeds"], rows,
+    return _table(f"paired_{part}", ["method", "$\\Delta$ vs 4 [95\\% CI, seeds $\\times$ prompts]",
+                                     "p (sign-flip perm., seeds)", "CI excludes 0", "seeds"], rows,
                   f"{part}: steers to verify of each method minus localized DPO's (positive: the method needs more "
                   f"steers). The interval resamples seeds and held-out prompts together, the same resample for both "
-                  f"methods (paired over both); the t-test pairs the seeds' means. With three seeds both are coarse."), numbers
+                  f"methods (paired over both); p: exact two-sided sign-flip permutation test of the seeds' "
+                  f"paired means (with three seeds p is never below 0.25). With three seeds both are coarse."), numbers
 
 
 def curves(summary, part: str) -> dict[str, str]:
