@@ -18,13 +18,15 @@ the model sees its own sampled ids, which can differ from the whole-text tokeniz
 spell (and a byte-level model can stop mid-character, which decodes to U+FFFD); the steers record
 text, so training re-tokenizes what the model wrote. ``set_text`` re-tokenizes and keeps the KV cache for the tokens
 the old and new context share (``DynamicCache.crop``): a resume after a correction recomputes only
-from the first changed token. Sampling: ``temperature == 0`` is greedy; otherwise softmax sampling
-(optionally nucleus ``top_p``) from a ``torch.Generator`` seeded by ``seed``, so a run is
-reproducible.
+from the first changed token. The cache is made here (``new_cache``), handed to the model under the
+name its forward takes (``cache_argument``), and filled by the model in place. Sampling:
+``temperature == 0`` is greedy; otherwise softmax sampling (optionally nucleus ``top_p``) from a
+``torch.Generator`` seeded by ``seed``, so a run is reproducible.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +44,29 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update([gen] if isinstance(gen, int) else (gen or []))
     return ids
+
+
+def new_cache() -> Any:
+    """An empty KV cache that the model fills in place as it runs.
+
+    We make it rather than let the model start one: given none, transformers 4.x returns the legacy
+    tuple format (no ``crop``, and deprecated when fed back), and 5.x deprecates reading it back as
+    ``out.past_key_values``. No ``config``: a layer of plain ``DynamicCache`` keeps every position
+    (4.x has no other kind), so ``crop`` can always rewind; what a sliding-window layer saves is
+    little at our lengths.
+    """
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword under which ``model``'s forward takes the KV cache: ``cache`` where transformers
+    5 renamed it (passing ``past_key_values`` there warns, "will be removed in version 5.40.0"),
+    ``past_key_values`` in transformers 4 and in models that still declare it. A peft model's
+    forward takes ``**kwargs`` and hands them to the model it wraps, so that model is asked."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
@@ -89,7 +114,7 @@ class TurnWriter:
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
         self.ids: list[int] = []
-        self.cache = None
+        self.cache, self._cache_name = new_cache(), cache_argument(model)
         self.n_cached = 0  # ids[:n_cached] are in the KV cache
         self.next_logits: Tensor | None = None  # (v,) after feeding all of ids
         self.new_tokens = self.forwarded_tokens = self._pass_tokens = 0
@@ -113,7 +138,7 @@ class TurnWriter:
         ids = self._lead + self.tok(self.prompt_text + text, add_special_tokens=False)["input_ids"]
         # Keep the cache for the shared tokens; at least one token must be fed to get logits.
         keep = min(common_prefix_len(self.ids, ids), self.n_cached, len(ids) - 1)
-        if self.cache is not None and keep < self.n_cached:
+        if keep < self.n_cached:
             self.cache.crop(keep - self.n_cached)  # a negative count removes tokens (transformers 4 and 5)
         self.ids, self.n_cached, self.next_logits = ids, keep, None
         self.ended, self._pass_tokens = False, 0
@@ -123,10 +148,9 @@ class TurnWriter:
 
     @torch.no_grad()
     def _forward(self) -> None:
-        """Feed the ids not yet in the cache; keep the next-token logits (the model makes the cache)."""
+        """Feed the ids not yet in the cache (which the model extends in place); keep the next-token logits."""
         new = torch.tensor([self.ids[self.n_cached:]], device=self.model.device)
-        out = self.model(input_ids=new, past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=new, use_cache=True, **{self._cache_name: self.cache})
         self.forwarded_tokens += new.shape[1]
         self.n_cached = len(self.ids)
         self.next_logits = out.logits[0, -1].float()
@@ -194,8 +218,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list, texts: list[str], 
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # (n, t) left-padded
     attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (n, v)
+    cache, cache_name = new_cache(), cache_argument(model)  # the model extends the cache in place
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                   **{cache_name: cache}).logits[:, -1].float()  # (n, v)
     results = [PassResult(texts[k], False, False, 0, len(ids[k])) for k in range(n)]
     # As TurnWriter: a row whose context is full stops (exhausted), it does not run past the positions.
     max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
@@ -225,9 +250,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list, texts: list[str], 
             attention, positions = attention[keep], positions[keep]
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=attention,
-                    position_ids=positions, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        logits = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=attention,
+                       position_ids=positions, use_cache=True, **{cache_name: cache}).logits[:, -1].float()
         for k in active:
             results[k].forwarded_tokens += 1
     for k in active:

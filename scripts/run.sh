@@ -71,10 +71,7 @@ case "$cmd" in
         ;;
     test)
         ensure_system_tools
-        # PYTHONSAFEPATH: no python started by the suite puts the working directory (this repository's
-        # root) on sys.path, where the folder kernels/ would shadow the PyPI package `kernels` that
-        # transformers (>= 5.25) imports.
-        PYTHONSAFEPATH=1 exec "$VENV/bin/python" -m pytest "$@"
+        exec "$VENV/bin/python" -m pytest "$@"
         ;;
     steer)
         # Later options win over these defaults: bash scripts/run.sh steer --model tiny --out my.jsonl

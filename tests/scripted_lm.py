@@ -1,5 +1,7 @@
 """A scripted causal LM for tests: it writes exactly what a plan says, token by token, through the
-same interface (``model(input_ids, past_key_values, use_cache)``) and cache cropping as a real one.
+same interface (``model(input_ids, past_key_values, use_cache)``) as a real one, keeping what each
+row has seen in the real ``DynamicCache`` the caller passes, so cropping it and dropping rows act as
+on a real model.
 
 ``plan`` maps "assistant text so far" to "what the model writes from there, then it ends the
 turn". At each step the longest key the current text starts with (and is consistent with) decides
@@ -16,19 +18,7 @@ import torch
 from torch import nn
 
 
-class ScriptedCache:
-    """Holds the ids each row has seen; ``crop(-k)`` forgets the last ``k`` (one row) and
-    ``batch_select_indices`` keeps some rows, like ``DynamicCache``."""
-
-    def __init__(self, rows: int):
-        self.rows: list[list[int]] = [[] for _ in range(rows)]
-
-    def crop(self, n: int) -> None:
-        (ids,) = self.rows
-        self.rows = [ids[:n] if n >= 0 else ids[:len(ids) + n]]
-
-    def batch_select_indices(self, indices) -> None:
-        self.rows = [self.rows[i] for i in indices.tolist()]
+PAD = -1.0  # what a left-padding position holds in the cache: no token
 
 
 class ScriptedLM(nn.Module):
@@ -58,12 +48,16 @@ class ScriptedLM(nn.Module):
         return self.tok(rest, add_special_tokens=False)["input_ids"][0]
 
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=True, **_):
+        """Append the new ids to layer 0 of ``past_key_values`` as keys ``(b, 1, t, 1)`` (float holds
+        ids below 2**24 exactly), read back each row's ids so far, and put all the mass on the plan's
+        next token."""
         b, t = input_ids.shape
-        cache = past_key_values if past_key_values is not None else ScriptedCache(b)
-        mask = attention_mask[:, -t:] if attention_mask is not None else torch.ones_like(input_ids)
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -t:].bool()
+        new = torch.where(mask, input_ids, PAD).float()[:, None, :, None]  # left padding is not context
+        seen, _ = past_key_values.update(new, new, 0)  # (b, 1, all t, 1)
         logits = torch.full((b, t, len(self.tok)), -1e4)
         for r in range(b):
-            cache.rows[r] += input_ids[r][mask[r].bool()].tolist()  # left padding is not context
-            logits[r, -1, self.next_token(cache.rows[r])] = 0.0
+            ids = [int(i) for i in seen[r, 0, :, 0].tolist() if i != PAD]
+            logits[r, -1, self.next_token(ids)] = 0.0
         self.calls += 1
-        return SimpleNamespace(logits=logits, past_key_values=cache)
+        return SimpleNamespace(logits=logits)

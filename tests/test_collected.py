@@ -7,7 +7,7 @@ import json
 import pytest
 
 from localpref.data.collected import load_collected, trajectory_cost
-from localpref.tasks import get_family
+from localpref.tasks import get_family, solve
 
 PROMPT = [{"role": "user", "content": "List 3 prime numbers greater than 40."}]
 META = {"family": "lists", "rule": "primes_above", "params": {"x": 40}, "n_items": 3, "subfamily": "seen"}
@@ -41,7 +41,8 @@ def test_costs_by_hand(collection):
     _, rows = collection
     assert [trajectory_cost(r, "steers") for r in rows] == [4, 0, 6, 3]
     # a rewrite costs the whole corrected answer; the right answer costs nothing
-    assert [trajectory_cost(r, "rewrites") for r in rows] == [len("41, 43, 47"), 0, len("41, 43, 47"), len("41, 43, 47")]
+    right = len("41, 43, 47")
+    assert [trajectory_cost(r, "rewrites", solve) for r in rows] == [right, 0, right, right]
 
 
 def test_steers_within_budget_keep_the_files_order(collection):
@@ -58,14 +59,24 @@ def test_steers_within_budget_keep_the_files_order(collection):
 
 def test_rewrites_pair_the_models_answer_with_a_whole_right_one(collection):
     path, _ = collection
-    rewrites, taken = load_collected(path, form="rewrites", cost_budget=25)
+    rewrites, taken = load_collected(path, form="rewrites", cost_budget=25, solve=solve)
     assert [s.id for s in rewrites] == ["a/rewrite", "c/rewrite"] and taken["chars"] == 20
     a = rewrites[0]
     assert (a.prefix, a.rejected, a.corrected) == ("", "41, 49, 47", "41, 43, 47")
     assert a.corrected_ends_turn and a.rejected_ends_turn
     # unverified: the rewrite is the family's own solution, not the (wrong) final text
-    (d,) = [s for s in load_collected(path, form="rewrites")[0] if s.id == "d/rewrite"]
+    (d,) = [s for s in load_collected(path, form="rewrites", solve=solve)[0] if s.id == "d/rewrite"]
     assert d.corrected == get_family("lists").solve(META) == "41, 43, 47" and d.rejected == "9, 9"
+
+
+def test_rewrites_need_the_task_solver_from_the_caller(collection):
+    # the data layer imports no task family: whoever asks for rewrites passes localpref.tasks.solve
+    path, rows = collection
+    with pytest.raises(ValueError, match="needs solve="):
+        load_collected(path, form="rewrites")
+    with pytest.raises(ValueError, match="needs solve="):
+        trajectory_cost(rows[0], "rewrites")
+    assert trajectory_cost(rows[0], "steers") == 4  # steers need no solver
 
 
 def test_trees_lay_out_each_collected_trajectory_in_one_row(collection, smollm2_tokenizer):
@@ -83,6 +94,6 @@ def test_trees_lay_out_each_collected_trajectory_in_one_row(collection, smollm2_
     trees, pairs = (collate_packed(examples, idx, 0, layout=layout) for layout in ("trees", "pairs"))
     assert trees.input_ids.shape[0] == 3 and pairs.input_ids.shape[0] == 4
     assert trees.num_tokens < pairs.num_tokens  # c's prompt and first step once, not twice
-    rewrites, _ = load_collected(path, form="rewrites")
+    rewrites, _ = load_collected(path, form="rewrites", solve=solve)
     examples, _ = tokenize_steers(rewrites, smollm2_tokenizer, span="completion", max_length=256)
     assert groups(examples, "trees") == [[i] for i in range(len(rewrites))]

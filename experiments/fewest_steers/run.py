@@ -417,6 +417,7 @@ def run_task_part(runner: Runner, part: Part) -> None:
         shutil.copyfile(Path(src).with_suffix(".summary.json"), Path(dst).with_suffix(".summary.json"))
     from localpref.data.collected import load_collected, trajectory_cost
     from localpref.steering import read_records
+    from localpref.tasks import solve
 
     costs: dict[Path, int] = {}
 
@@ -438,7 +439,7 @@ def run_task_part(runner: Runner, part: Part) -> None:
             data = collect / f"train_control_s{seed}.jsonl"  # else (control_scale 1): the methods' collection
         form = "rewrites" if "data.form=rewrites" in method_ovs else "steers"
         chars = None if budget is None else int(budget * full_cost(cost_of or data))
-        taken = load_collected(data, form=form, cost_budget=chars)
+        taken = load_collected(data, form=form, cost_budget=chars, solve=solve)
         pairs = len(taken[0])
         if pairs == 0:  # e.g. rewrites of a collection whose wrong answers were all cut off: nothing to train
             print(f"{part.name}: {name} skipped: its data ({Path(data).name}, budget {budget}) holds no training pair")

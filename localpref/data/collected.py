@@ -11,7 +11,8 @@ until its budget of characters is spent.
   prefix, the model's whole answer (``meta.original``) as ``rejected`` and a full correct answer as
   ``corrected``, both ending the turn; it costs the characters of that answer, since a person
   rewriting an output types all of it. The correct answer is the trajectory's final text when it
-  verified (the model's own wording, every error fixed), else the family's ``solve``. Plain DPO
+  verified (the model's own wording, every error fixed), else the family's ``solve``, which the
+  caller passes (``solve=localpref.tasks.solve``: the data layer knows no task family). Plain DPO
   trains on these with ``span=completion``; SFT on fully corrected outputs uses their chosen side.
 
 Trajectories whose unsteered answer was right cost nothing and give nothing to either form; one
@@ -21,20 +22,30 @@ whose unsteered answer was cut off by ``max_new_tokens`` gives no rewrite (it is
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from localpref.data.errors import OnError
 from localpref.data.load import SteerList, iter_jsonl, steers_from_record
 from localpref.data.schema import Steer
 
 Form = Literal["steers", "rewrites"]
+Solve = Callable[[dict[str, Any]], str]  # a task's meta -> a whole correct answer (localpref.tasks.solve)
 
 
-def trajectory_cost(record: dict[str, Any], form: Form) -> int:
-    """Characters a person typed for this trajectory in ``form``."""
+def _check(form: Form, solve: Solve | None) -> None:
+    if form not in ("steers", "rewrites"):
+        raise ValueError(f"form must be 'steers' or 'rewrites', got {form!r}")
+    if form == "rewrites" and solve is None:
+        raise ValueError("form='rewrites' needs solve= (localpref.tasks.solve): the rewrite of a trajectory "
+                         "that never verified is its task family's solution")
+
+
+def trajectory_cost(record: dict[str, Any], form: Form, solve: Solve | None = None) -> int:
+    """Characters a person typed for this trajectory in ``form`` (``solve``: see ``rewrite_text``)."""
+    _check(form, solve)
     if form == "steers":
         return int(sum(step.get("cost", {}).get("chars", 0) for step in record["steps"]))
-    return len(rewrite_text(record)) if _rewritable(record) else 0
+    return len(rewrite_text(record, solve)) if _rewritable(record) else 0
 
 
 def _rewritable(record: dict[str, Any]) -> bool:
@@ -42,31 +53,27 @@ def _rewritable(record: dict[str, Any]) -> bool:
     return record["meta"]["first_error"] is not None and bool(record["meta"]["original_ended"])
 
 
-def rewrite_text(record: dict[str, Any]) -> str:
-    """A full correct answer for the trajectory's prompt (module docstring)."""
-    if record["verified"]:
-        return record["final"]
-    from localpref.tasks import get_family
-
-    task = record["meta"]["task"]
-    return get_family(task["family"]).solve(task)
+def rewrite_text(record: dict[str, Any], solve: Solve) -> str:
+    """A full correct answer for the trajectory's prompt: its final text if it verified, else
+    ``solve`` of its task (module docstring)."""
+    return record["final"] if record["verified"] else solve(record["meta"]["task"])
 
 
 def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budget: int | None = None,
-                   on_error: OnError = "raise") -> tuple[SteerList, dict[str, float]]:
-    """Steers of ``form`` from the first trajectories of ``path`` whose cost fits ``cost_budget``.
+                   on_error: OnError = "raise", solve: Solve | None = None) -> tuple[SteerList, dict[str, float]]:
+    """Steers of ``form`` from the first trajectories of ``path`` whose cost fits ``cost_budget``;
+    ``form="rewrites"`` needs ``solve`` (``localpref.tasks.solve``).
 
     Returns the steers and what was taken: trajectories taken (within the budget, the file's
     first ones) and used (those that gave steers), characters spent.
     A trajectory that would overrun the budget ends the selection (the file's order is kept, so
     a larger budget always holds a smaller one's data).
     """
-    if form not in ("steers", "rewrites"):
-        raise ValueError(f"form must be 'steers' or 'rewrites', got {form!r}")
+    _check(form, solve)
     out = SteerList(source=str(path))
     spent = used = taken = 0
     for line, record in iter_jsonl(path, on_error=on_error, skipped=out.skipped):
-        cost = trajectory_cost(record, form)
+        cost = trajectory_cost(record, form, solve)
         if cost_budget is not None and spent + cost > cost_budget:
             break
         spent, taken = spent + cost, taken + 1
@@ -74,8 +81,8 @@ def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budge
             steers = steers_from_record(record)
         elif _rewritable(record):
             steers = [Steer(prompt=record["prompt"], prefix="", rejected=record["meta"]["original"],
-                            corrected=rewrite_text(record), id=f"{record['id']}/rewrite", corrected_ends_turn=True,
-                            rejected_ends_turn=True, meta={"source": "rewrite"})]
+                            corrected=rewrite_text(record, solve), id=f"{record['id']}/rewrite",
+                            corrected_ends_turn=True, rejected_ends_turn=True, meta={"source": "rewrite"})]
         else:
             steers = []
         used += bool(steers)
