@@ -38,6 +38,8 @@ class ModelConfig:
     path: Optional[str] = None  # local HF model folder (source=local); must hold config + weights
     family: Optional[str] = None  # task family of a tiny task model (source=tiny_task): lists | ranges | arith
     errors: str = "random"  # source=tiny_task: how its pretraining answers err, random | systematic | mixed
+    build: int = 0  # source=tiny_task: which build of it (its pretraining seed): independent models of one recipe
+    pretrain_steps: Optional[int] = None  # source=tiny_task: pretraining steps instead of the family's (quick runs)
     tokenizer: Optional[str] = None  # tokenizer folder, or "smollm2"; None: the model's own folder
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off: never execute code shipped with a model folder
@@ -57,6 +59,9 @@ class DataConfig:
     path: Optional[str] = None  # steer JSONL (source=jsonl|collected) or DeFacto folder (source=defacto)
     form: str = "steers"  # source=collected: "steers" (each correction) | "rewrites" (whole answers)
     cost_budget: Optional[int] = None  # source=collected: characters of annotation to use (None: all)
+    # source=collected: the budget as a share of what the file's steers cost in all (e.g. 0.5), the
+    # same characters for the steer and the rewrite form; instead of cost_budget. None: cost_budget.
+    cost_share: Optional[float] = None
     eval_path: Optional[str] = None  # held-out steer JSONL; None: split `eval_fraction` off the train file
     eval_fraction: float = 0.1  # share of source records (trajectories, edited answers) held out whole, by seed 0
     n_train: Optional[int] = None  # cap on training steers (None: all)
@@ -132,6 +137,9 @@ class TrainerConfig:
     # global batch), found once the data is loaded (logged as trainer/max_steps). None: max_steps.
     epochs: Optional[float] = None
     micro_batch_size: int = 4  # pairs per forward on each process
+    # Fewer training pairs than one micro-batch (a small budget): one step takes them all instead of
+    # failing (one process, grad_accum 1); the run logs the size it used as trainer/micro_batch_size.
+    fit_batch_to_data: bool = False
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = micro * accum * world)
     max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm (None: no clipping)
     precision: str = "auto"  # autocast: "fp32" | "bf16" | "auto" (bf16 where the device runs it natively: localpref.hardware)
@@ -192,6 +200,28 @@ class TuneConfig:
 
 
 @dataclass
+class StudyConfig:
+    # A run's place in a study made of Hydra multiruns (the fewest-steers experiment: conf/part/*.yaml
+    # picks the task model and prompts, conf/method/*.yaml the loss and its data, conf/stage/*.yaml
+    # tune | final | base). Training reads none of it but through interpolation (data.path=
+    # ${study.out}/${study.part}/...); experiments/fewest_steers/run.py reads the sizes to collect.
+    out: str = "outputs/fewest_steers"  # the study's folder: <out>/<part>/collect/..., <out>/<part>/runs/...
+    part: Optional[str] = None  # the part's name (its conf/part file sets it)
+    method: Optional[str] = None  # the method's name (its conf/method file sets it)
+    stage: Optional[str] = None  # tune | final | base (its conf/stage file sets it)
+    builds: int = 5  # task-model builds of the part (model.build 0..builds-1): the replicates
+    n_train: int = 150  # train prompts each build collects its steers on (its own subset of the split)
+    control_scale: int = 3  # the positive control's train prompts per method's one (capped by the split)
+    n_val: Optional[int] = None  # val prompts collected and steered (None: all of the split)
+    n_heldout: Optional[int] = None  # heldout prompts collected and steered (None: all of the split)
+    temperature: float = 0.0  # collection sampling temperature (0: greedy, as the evaluation decodes)
+    collect_batch: int = 64  # prompts generated together while collecting
+    methods: list[str] = field(default_factory=list)  # the methods the part compares (conf/method/*.yaml)
+    budgets: list[float] = field(default_factory=lambda: [1.0])  # data.cost_share of each final run (curves)
+    curve_methods: list[str] = field(default_factory=list)  # the methods that run every budget (others: 1.0)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -202,6 +232,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     steer_eval: SteerEvalConfig = field(default_factory=SteerEvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     seed: int = 0  # model init (tiny), data order, everything random
     run_dir: Optional[str] = None  # where metrics, checkpoints, export go; None: Hydra's output dir
     generation_eval: Optional[str] = None  # "module:function" called as fn(model, tokenizer, eval_steers, cfg) -> metrics
@@ -267,6 +298,11 @@ def validate(cfg: TrainConfig, families: Sequence[str] | None = None) -> None:
         need = Path(cfg.data.path) / "train.jsonl" if cfg.data.source == "defacto" else Path(cfg.data.path)
         if not need.is_file():
             raise FileNotFoundError(f"data.path={cfg.data.path}: {need} does not exist")
+    if cfg.data.cost_share is not None:
+        if cfg.data.cost_budget is not None:
+            raise ValueError("data.cost_share and data.cost_budget both set: give one")
+        if not cfg.data.cost_share > 0:
+            raise ValueError(f"data.cost_share={cfg.data.cost_share} must be > 0")
     if cfg.data.eval_path is not None and not Path(cfg.data.eval_path).is_file():
         raise FileNotFoundError(f"data.eval_path={cfg.data.eval_path} does not exist")
     if cfg.data.min_match < 1 or cfg.data.context_after < 0:

@@ -87,7 +87,8 @@ def cluster_bootstrap(values: Sequence[float], clusters: Sequence[Hashable], den
     return _bootstrap(x, d, clusters, resample_units=False, resamples=resamples, seed=seed, level=level)
 
 
-def crossed_bootstrap(matrix: Sequence[Sequence[float]], clusters: Sequence[Hashable] | None = None, *,
+def crossed_bootstrap(matrix: Sequence[Sequence[float]], clusters: Sequence[Hashable] | None = None,
+                      den: Sequence[Sequence[float]] | None = None, *,
                       resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap of the mean of ``matrix`` (S, P): S replicate units
     (independently trained models, "seeds") each evaluated on the same P prompts, grouped into
@@ -101,13 +102,18 @@ def crossed_bootstrap(matrix: Sequence[Sequence[float]], clusters: Sequence[Hash
     (Owen 2007): the cells' own noise is counted in both margins. For a mean of values in [0, 1] the
     interval never leaves [0, 1]. A paired comparison of two methods on the same seeds and prompts
     is this function on the difference matrix. With S = 1 it is ``cluster_bootstrap``. Cells must
-    be finite (ValueError): no caller has missing cells, and dropping them would unbalance the design."""
+    be finite (ValueError): no caller has missing cells, and dropping them would unbalance the design.
+    ``den`` (S, P): the statistic is the ratio of the weighted sums instead (a rate among the cells
+    that count, e.g. new errors among the prompts a seed's base model got right: ``den`` 0/1)."""
     x = np.asarray(matrix, dtype=float)
     if x.ndim != 2 or 0 in x.shape:
         raise ValueError(f"need a non-empty (seeds, prompts) matrix, got shape {x.shape}")
     x = _finite(x, "matrix")
+    d = None if den is None else _finite(np.asarray(den, dtype=float), "den")
+    if d is not None and d.shape != x.shape:
+        raise ValueError(f"matrix and den differ in shape: {x.shape} and {d.shape}")
     clusters = range(x.shape[1]) if clusters is None else clusters
-    return _bootstrap(x, None, clusters, resample_units=True, resamples=resamples, seed=seed, level=level)
+    return _bootstrap(x, d, clusters, resample_units=True, resamples=resamples, seed=seed, level=level)
 
 
 def paired_permutation_test(a: Sequence[float], b: Sequence[float]) -> float:

@@ -26,9 +26,9 @@ from typing import Any
 
 
 def load_generation_model(spec: str, family: str, adapter: str | None = None, device: str = "cpu",
-                          errors: str = "random"):
-    """(model in eval mode, tokenizer, model id) for ``--model`` / ``--adapter`` / ``--errors``
-    (module docstring)."""
+                          errors: str = "random", build: int = 0, pretrain_steps: int | None = None):
+    """(model in eval mode, tokenizer, model id) for ``--model`` / ``--adapter`` / ``--errors`` /
+    ``--build`` / ``--pretrain-steps`` (module docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from localpref.models import check_model_folder, smollm2_dir
@@ -36,7 +36,7 @@ def load_generation_model(spec: str, family: str, adapter: str | None = None, de
     if spec == "tiny":
         from localpref.tasks.pretrain import default_spec, task_model_dir
 
-        folder = task_model_dir(family, default_spec(family, errors))
+        folder = task_model_dir(family, default_spec(family, errors, build, pretrain_steps))
     elif spec == "smollm2":
         folder = smollm2_dir()
     else:
@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace, *, evaluate: bool) -> int:
         return _fail(error)
     family, tasks = _tasks(args)
     model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device,
-                                                       args.errors)
+                                                       args.errors, args.build, args.pretrain_steps)
     start = time.time()
     records = run_tasks(model, tokenizer, family, tasks, out=args.out, budget=args.budget,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -121,12 +121,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     if error := _errors_mismatch(args):
         return _fail(error)
-    folder = task_model_dir(args.family, default_spec(args.family, args.errors))
+    folder = task_model_dir(args.family, default_spec(args.family, args.errors, args.build, args.pretrain_steps))
     info = json.loads((folder / "pretrain.json").read_text())
     print(f"{folder}: {info['parameters']} parameters, {info['spec']['steps']} steps, {info['seconds']} s to build, "
-          f"errors {args.errors}")
+          f"errors {args.errors}, build {args.build}")
     if args.profile:
-        model, tokenizer, _ = load_generation_model("tiny", args.family, errors=args.errors)
+        model, tokenizer, _ = load_generation_model("tiny", args.family, errors=args.errors, build=args.build,
+                                                    pretrain_steps=args.pretrain_steps)
         family, split = get_family(args.family), "heldout" if args.split == "test" else args.split
         _print_profile(error_profile(family, model, tokenizer, split, args.profile), family.unit_name)
     return 0
@@ -149,9 +150,11 @@ def _errors_mismatch(args: argparse.Namespace) -> str | None:
     ``--model`` it would be silently ignored; and a family without a systematic rule has only one."""
     from localpref.tasks.pretrain import default_spec
 
-    if args.errors == "random":
+    if args.errors == "random" and args.build == 0 and args.pretrain_steps is None:
         return None
     if args.model != "tiny":
+        if args.build != 0 or args.pretrain_steps is not None:
+            return f"--build and --pretrain-steps apply to --model tiny only (got --model {args.model})"
         return f"--errors {args.errors} applies to --model tiny only (got --model {args.model})"
     try:
         default_spec(args.family, args.errors)
@@ -173,6 +176,11 @@ def _add_errors(p: argparse.ArgumentParser) -> None:
     p.add_argument("--errors", default="random", choices=ERRORS,
                    help="with --model tiny: the tiny model pretrained on random errors, on the family's "
                         "systematic rule, or on both (default: random)")
+    p.add_argument("--build", type=int, default=0,
+                   help="with --model tiny: which build of it, its pretraining seed (default 0); builds are "
+                        "independent models of one recipe")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="with --model tiny: pretraining steps instead of the family's (quick runs)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -204,12 +212,12 @@ def _serve(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     model, tokenizer, model_id = load_generation_model(args.model, args.family, args.adapter, args.device,
-                                                       args.errors)
+                                                       args.errors, args.build, args.pretrain_steps)
     served = Served(model, tokenizer, model_id, threading.Lock())
     compare = None
     if args.compare or args.compare_adapter:
         cm, ct, cid = load_generation_model(args.compare or args.model, args.family, args.compare_adapter, args.device,
-                                            args.errors)
+                                            args.errors, args.build, args.pretrain_steps)
         compare = Served(cm, ct, cid, threading.Lock())
     defaults = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                         max_new_tokens=args.max_new_tokens)

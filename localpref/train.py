@@ -65,11 +65,12 @@ def load_data(cfg: DataConfig) -> tuple[list, list, dict[str, int]]:
 
         train, held = example_steers("train"), example_steers("eval")
     elif cfg.source == "collected":
-        from localpref.data.collected import load_collected
+        from localpref.data.collected import load_collected, steer_cost
         from localpref.tasks import solve
 
-        train, taken = load_collected(cfg.path, form=cfg.form, cost_budget=cfg.cost_budget, on_error=cfg.on_error,
-                                      solve=solve)
+        budget = cfg.cost_budget if cfg.cost_share is None else int(cfg.cost_share * steer_cost(cfg.path, cfg.on_error))
+        train, taken = load_collected(cfg.path, form=cfg.form, cost_budget=budget, on_error=cfg.on_error, solve=solve)
+        taken["budget"] = -1 if budget is None else budget  # -1: no budget (all of the file)
         skipped.update(train.skipped)
         if cfg.eval_path is None:
             raise ValueError("data=collected needs data.eval_path (held-out trajectories): a split of the "
@@ -203,6 +204,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, procs) -> Data:
              **{f"data/skipped/{k}": v + load_counts.get(f"skipped/{k}", 0) for k, v in train_skipped.items()},
              **{f"data/eval_skipped/{k}": v for k, v in eval_skipped.items()}, **span_stats(train_set)}
     global_batch = t.micro_batch_size * t.grad_accum * procs.world
+    if 0 < len(train_set) < global_batch and t.fit_batch_to_data and procs.world == 1 and t.grad_accum == 1:
+        t.micro_batch_size = global_batch = len(train_set)  # a small budget: all its pairs in each step
     if len(train_set) < global_batch:
         raise ValueError(f"{len(train_set)} training pairs after tokenization, fewer than one global batch "
                          f"({global_batch} = micro_batch_size x grad_accum x processes); skipped: {train_skipped}")
@@ -210,7 +213,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, procs) -> Data:
         t.max_steps = max(1, math.ceil(t.epochs * len(train_set) / global_batch))
     if t.warmup_ratio is not None:
         t.warmup_steps = int(t.warmup_ratio * t.max_steps)
-    stats.update({"trainer/max_steps": t.max_steps, "trainer/warmup_steps": t.warmup_steps})
+    stats.update({"trainer/max_steps": t.max_steps, "trainer/warmup_steps": t.warmup_steps,
+                  "trainer/micro_batch_size": t.micro_batch_size})
     unread = [drop_unread_tail(e, cfg.loss.mask) for e in train_set]
     return Data(unread, train_set, eval_set, train_steers, eval_steers, stats)
 

@@ -1,14 +1,14 @@
-"""The fewest-steers analysis (experiments/fewest_steers/analyze.py) on hand-made runs, and the
-committed tables: every prompt counts, rate intervals stay in [0, 1], merged parts are marked."""
+"""The fewest-steers analysis (experiments/fewest_steers/analyze.py) on a hand-made summary: every
+prompt counts, intervals resample builds and clusters, damage counts only what the base got right
+where the rule cannot fire, tables come out of one data frame each."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
-import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,105 +16,97 @@ spec = importlib.util.spec_from_file_location("fs_analyze", REPO / "experiments"
 analyze = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(analyze)
 
-RATE_COLUMNS = ("pass rate", "verified ≤ budget", "span log-p acc.", "reward acc.", "seen: pass", "unseen: pass")
+# Six held-out prompts in three clusters (windows): the first of each cluster is its "between"
+# prompt, where the rule can fire. Three builds.
+PROMPTS = {"ids": [f"p{i}" for i in range(6)], "clusters": ["w0", "w0", "w1", "w1", "w2", "w2"],
+           "subfamilies": ["seen"] * 6, "fires": "101010"}
 
 
-def run(method, seed, prompts, **kw):
-    return {"part": "p", "stage": kw.pop("stage", "final"), "method": method, "seed": seed, "budget": 1.0,
-            "budget_chars": 100, "metrics": kw.pop("metrics", {}), "data": {"data/eval_pairs": 0}, "prompts": prompts, **kw}
+def run(stage, method, build, stv, share=1.0, **kw):
+    return {"stage": stage, "method": method, "build": build, "share": None if method in ("base", "control") else share,
+            "name": f"b{build}", "params": kw.pop("params", {"lr": 1e-4}),
+            "metrics": {"eval/drift/kl": kw.pop("kl", 0.1), "eval/drift/nll": 1.0, "eval/span/nll": 1.0,
+                        "eval/span/logp_accuracy": 0.5},
+            "steers": {"val": kw.pop("val", None), "heldout_mean": sum(map(int, stv)) / len(stv)},
+            "data": {"pairs": 10, "chars": 100, "budget": 100, "steps": 5}, "stv": stv, "capped": "0" * len(stv),
+            "first_errors": "s-s-o-", **kw}
 
 
-def summary(runs):
-    return {"settings": {"parts": {"p": {"steer_budget": 2, "family": "lists", "max_new_tokens": 8}}, "quick": False},
-            "runs": runs, "choices": {}, "collections": {}, "timing": []}
+BASE = ["202000", "102000", "201000"]  # every build's base passes p1, p3, p5 (the rule cannot fire there)
+SFT = ["000000", "000000", "000100"]   # one new failure: build 2, p3, which its base passed
+LOC = ["100000", "000000", "100000"]
 
 
-def test_every_prompt_counts_in_the_headline():
-    # budget 2: a prompt verified after 1 steer counts 1; one not verified (budget spent, or ended on
-    # the token cap with no steer) counts 3. Old-style prompts [steers, verified]: a pass is a
-    # prompt verified with no steer.
-    r = run("localized", 0, [[1, 1, 0, 0], [0, 0, 0, 1], [2, 0, 0, 0], [0, 1, 1, 0]])
-    assert analyze._outcomes(r, 2) == [(1, 1, 0), (3, 0, 0), (3, 0, 0), (0, 1, 1)]
-    assert analyze._outcomes(run("x", 0, [[0, 1], [0, 0]]), 2) == [(0, 1, 1), (3, 0, 0)]
-    assert analyze._stv(r, 2) == pytest.approx(7 / 4) and analyze._capped([r]) == "1"
-    assert analyze._capped([run("x", 0, [[0, 1]])]) == "?"  # not recorded by the older loop
+def summary():
+    runs = ([run("base", "base", b, s) for b, s in enumerate(BASE)] + [run("final", "sft_span", b, s) for b, s in enumerate(SFT)]
+            + [run("final", "localized", b, s) for b, s in enumerate(LOC)])
+    part = {"settings": {"builds": 3}, "models": [], "collections": [], "runs": runs, "tuned": {}, "matched": None,
+            "prompts": PROMPTS}
+    return {"quick": False, "parts": {"p": part}, "timing": [{"part": "p", "stage": "tune", "seconds": 60.0}]}
 
 
-def test_rate_intervals_stay_in_the_unit_interval_and_hold_seed_noise():
-    # three seeds that agree on a pass rate of 1/20: never a negative bound, never zero width
-    runs = [run("localized", s, [[0, 1, 1, 0]] + [[2, 0, 0, 0]] * 19) for s in range(3)]
-    m, lo, hi = analyze.steering_ci([analyze._outcomes(r, 2) for r in runs], analyze.PASSED)
-    assert m == pytest.approx(0.05) and 0.0 <= lo < m < hi <= 1.0
+def test_the_dial_by_hand():
+    part = analyze.Part("p", summary()["parts"]["p"])
+    df, numbers = analyze.dial([part])
+    assert list(df["method"]) == ["base model", "1 SFT, corrected spans", "4 localized DPO"]
+    rows = df.set_index("method")
+    # means over builds x prompts: base (4 + 3 + 3) / 18, SFT 1 / 18, localized 2 / 18
+    assert rows.loc["base model", "steers to verify"].startswith(f"{10 / 18:.2f} [")
+    assert rows.loc["1 SFT, corrected spans", "steers to verify"].startswith(f"{1 / 18:.2f} [")
+    assert rows.loc["4 localized DPO", "minus base"].startswith(f"{(2 - 10) / 18:+.2f} [")
+    assert rows.loc["4 localized DPO", "better builds"] == "3/3"
+    # damage: prompts the build's base passed where the rule cannot fire (p1, p3, p5 of each of the
+    # three builds), 9 in all; SFT fails one of them (build 2, p3), localized none
+    assert rows.loc["1 SFT, corrected spans", "damage"].startswith(f"{1 / 9:.2f} [")
+    assert rows.loc["4 localized DPO", "damage"].startswith("0.00 [0.00, 0.00]")
+    assert numbers["fsPLocalizedWins"] == "3/3"
 
 
-def test_means_keep_infinite_seeds():
-    assert analyze._mean([2.0, math.inf, 3.0]) == "$\\infty$"  # not 2.50: the seed is not dropped
-    assert analyze._mean([2.0, None, 3.0]) == "2.50"  # a metric a run does not have is not a value
-    assert analyze._ci([1.0, 2.0, 3.0]) == "2.00 [-0.48, 4.48]"  # Student-t, 2 df: 2 +- 4.3027 / sqrt 3
+def test_intervals_resample_builds_and_clusters_not_prompts():
+    part = analyze.Part("p", summary()["parts"]["p"])
+    x = part.matrix(part.runs("final", "localized"))
+    m, lo, hi = analyze.ci(x, part.clusters)
+    assert m == pytest.approx(2 / 18) and 0.0 <= lo <= m <= hi
+    # resampling whole clusters: only three, so the interval is wide; over 18 independent cells it is not
+    _, lo_cells, hi_cells = analyze.ci(x.reshape(1, -1), list(range(18)))
+    assert hi - lo > hi_cells - lo_cells
 
 
-def test_paired_table_resamples_seeds_and_prompts():
-    ref = [run("localized", s, [[1, 1, 0, 0]] * 10) for s in range(3)]
-    dpo = [run("dpo_rewrite", s, [[0, 1, 1, 0]] * 10) for s in range(3)]  # one steer fewer everywhere
-    tables, numbers = analyze.paired(summary(ref + dpo), "p")
-    assert numbers["fsPDpoRewriteVsloc"] == "-1.00 [-1.00, -1.00]"
-    assert numbers["fsPDpoRewriteVslocp"] == "0.250"  # three equal differences: the sign test's 2 / 2^3
-    assert "| 3 DPO, output vs rewrite | -1.00 [-1.00, -1.00] | 0.250 | yes | 3 |" in tables["paired_p.md"]
+def test_versus_sft_is_paired_on_builds_and_prompts():
+    part = analyze.Part("p", summary()["parts"]["p"])
+    df, numbers = analyze.versus([part])
+    row = df.set_index("method").loc["4 localized DPO"]
+    assert row["minus 1 SFT, corrected spans"].startswith(f"{(2 - 1) / 18:+.2f} [")
+    assert row["reads the rejected side"] == "yes" and row["p (sign flips over builds)"] == "1.000"
 
 
-def test_merging_keeps_older_parts_marked_reanalysed(tmp_path):
-    out = tmp_path / "out"
-    (out / "q").mkdir(parents=True)
-    (out / "settings.json").write_text(json.dumps({"quick": False, "parts": {"q": {"steer_budget": 4}}}))
-    (out / "timing.jsonl").write_text(json.dumps({"part": "q", "stage": "base", "jobs": 1, "seconds": 6.0}) + "\n")
-    (out / "q" / "runs.txt").write_text("")
-    (out / "p").mkdir()  # the folder was handed p's chosen variant (q takes it from p): not p's results
-    (out / "p" / "variant.json").write_text(json.dumps({"chosen": "mean", "by": "given"}))
-    old = summary([run("localized", 0, [[1, 1]])])
-    old["timing"] = [{"part": "p", "stage": "final", "jobs": 1, "seconds": 60.0}]
-    old["choices"] = {"p": {"model": {"parameters": 1}, "variant": {"chosen": "mean", "by": "val"}}}
-    merged = analyze.summarize([out], old)
-    assert list(merged["settings"]["parts"]) == ["p", "q"] and merged["settings"]["reanalysed"] == ["p"]
-    assert merged["choices"] == old["choices"]
-    assert [r["part"] for r in merged["runs"]] == ["p"] and len(merged["timing"]) == 2
+def test_tables_are_one_frame_in_markdown_and_latex():
+    files = {}
+    analyze.write_table(files, "t_x", pd.DataFrame([{"a_b": "1 [0, 2]", "c": "x%"}]), "A caption with 50% and a_b.")
+    assert files["t_x.md"].splitlines()[2:] == ["| a_b | c |", "|---|---|", "| 1 [0, 2] | x% |"]
+    tex = files["t_x.tex"]
+    assert "a\\_b" in tex and "x\\%" in tex and "\\label{tab:t-x}" in tex and "\\toprule" in tex
 
 
-def test_parts_of_a_pilot_run_are_marked_and_stay_marked_when_kept(tmp_path):
-    def folder(name, parts, pilot):
-        out = tmp_path / name
-        out.mkdir()
-        (out / "settings.json").write_text(json.dumps({"quick": False, "pilot": pilot,
-                                                       "parts": {p: {"steer_budget": 4} for p in parts}}))
-        (out / "timing.jsonl").write_text("")
-        return out
-
-    merged = analyze.summarize([folder("full", ["a"], False), folder("pilot", ["b", "c"], True)])
-    assert merged["settings"]["pilot_parts"] == ["b", "c"]
-    again = analyze.summarize([folder("rerun", ["c"], False)], merged)  # c re-run in full; b kept from before
-    assert again["settings"]["pilot_parts"] == ["b"] and again["settings"]["reanalysed"] == ["a", "b"]
-
-
-def _cells(md: str):
-    lines = md.splitlines()
-    header = [h.strip() for h in lines[0].strip("|").split("|")]
-    for line in lines[2:]:
-        yield from zip(header, [c.strip() for c in line.strip("|").split("|")])
-
-
-def test_no_rate_interval_in_the_committed_tables_leaves_the_unit_interval():
-    checked = 0
-    for path in sorted((REPO / "paper" / "generated").glob("*.md")):
-        for column, cell in _cells(path.read_text()):
-            if column in RATE_COLUMNS and "[" in cell:
-                lo, hi = map(float, re.search(r"\[(-?[\d.]+), (-?[\d.]+)\]", cell).groups())
-                assert 0.0 <= lo <= hi <= 1.0, (path.name, column, cell)
-                checked += 1
-    assert checked >= 20
-
-
-def test_the_summary_file_round_trips_with_each_plain_list_on_one_line():
-    s = summary([run("localized", 0, [[1, 1, 0, 0], [0, 1, 1, 0]], first_errors=["other", "none"])])
+def test_the_summary_round_trips_with_plain_lists_on_one_line():
+    s = summary()
     text = analyze.dump_summary(s)
     assert json.loads(text) == s
-    assert '"prompts": [[1,1,0,0],[0,1,1,0]]' in text and '"first_errors": ["other","none"]' in text
-    assert '\n  "settings": {' not in text and '\n "settings": {' in text  # objects stay indented
+    assert '"clusters": ["w0","w0","w1","w1","w2","w2"]' in text
+
+
+def test_render_writes_every_table_and_deletes_stale_files(tmp_path):
+    (tmp_path / "old_table.md").write_text("stale")
+    written = analyze.render(summary(), tmp_path)
+    assert not (tmp_path / "old_table.md").exists()
+    assert {"dial.md", "dial.tex", "versus_sft.md", "numbers.tex", "dial.pdf", "frontier.pdf"} <= set(written)
+    assert "\\newcommand{\\fsPSftSpanStv}" in (tmp_path / "numbers.tex").read_text()
+    again = tmp_path / "again"
+    analyze.render(summary(), again)
+    for name in written:
+        if name.endswith((".md", ".tex", ".csv")):
+            assert (tmp_path / name).read_text() == (again / name).read_text(), name  # deterministic
+
+
+def test_macro_names_are_letters_only():
+    assert analyze.macro("tiny-ranges_desc-systematic", "sft_span") == "fsTinyRangesDescSystematicSftSpan"

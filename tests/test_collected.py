@@ -97,3 +97,20 @@ def test_trees_lay_out_each_collected_trajectory_in_one_row(collection, smollm2_
     rewrites, _ = load_collected(path, form="rewrites", solve=solve)
     examples, _ = tokenize_steers(rewrites, smollm2_tokenizer, span="completion", max_length=256)
     assert groups(examples, "trees") == [[i] for i in range(len(rewrites))]
+
+
+def test_a_cost_share_is_that_share_of_the_files_steer_cost(collection):
+    from localpref.data.collected import steer_cost
+
+    path, rows = collection
+    assert steer_cost(path) == 4 + 0 + 6 + 3  # the whole file as steers
+    # data.cost_share=0.7 -> int(0.7 * 13) = 9 characters, for steers and rewrites alike
+    from localpref.config import DataConfig
+    from localpref.train import load_data
+
+    cfg = DataConfig(source="collected", path=str(path), eval_path=str(path), cost_share=0.7)
+    _, _, counts = load_data(cfg)
+    assert counts["collected/budget"] == 9 and counts["collected/chars"] == 4 + 0  # "c" (6) would overrun
+    cfg.form = "rewrites"
+    _, _, counts = load_data(cfg)
+    assert counts["collected/budget"] == 9 and counts["collected/chars"] == 0  # one rewrite costs 10

@@ -13,8 +13,12 @@ from omegaconf import OmegaConf
 from localpref.config import TrainConfig, validate
 from localpref.train import CONF_DIR, train
 
-GROUP_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR)
+# Every group file but the search spaces (conf/search/tune/<method>.yaml: the Optuna sweeper's params,
+# chosen by stage=tune; tests/test_study_config.py checks them).
+GROUP_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR and "search" not in p.parts)
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# An experiment whose steers come from a study's collections runs here on the built-in examples.
+EXPERIMENT_DATA = {"fewest_steers": ["data=examples", "data.eval_path=null"]}
 
 
 def _compose(overrides: list[str], hydra: bool = False):
@@ -31,7 +35,11 @@ def test_every_config_file_composes():
     checked = 0
     for path in GROUP_FILES:
         group, name = path.parent.relative_to(CONF_DIR).as_posix(), path.stem
-        cfg = _compose([f"{group}={name}", *required.get(f"{group}/{name}", [])], hydra=group == "launcher")
+        cfg = _compose([f"{group}={name}", *required.get(f"{group}/{name}", [])], hydra=group in ("launcher", "stage"))
+        if group == "stage":  # its Hydra part: the sweeper (tune: Optuna) and where the runs go
+            assert cfg.hydra.sweep.dir.startswith(f"{cfg.study.out}/None/runs/"), path  # <out>/<part>/runs/...
+            OmegaConf.set_struct(cfg, False)
+            del cfg["hydra"]
         if group == "launcher":
             assert cfg.hydra.launcher._target_, path  # the plugin's launcher is selected
             OmegaConf.set_struct(cfg, False)
@@ -40,8 +48,9 @@ def test_every_config_file_composes():
         assert isinstance(typed, TrainConfig)
         checked += 1
     # 4 model + 4 data + 11 loss + 3 reference + 2 peft + 1 trainer + 3 logger + 3 launcher
-    # + 1 debug + experiments: update when a file is added, so none is silently skipped.
-    assert checked == len(GROUP_FILES) == 32 + len(EXPERIMENTS)
+    # + 1 debug + 3 part + 12 method + 3 stage + experiments: update when a file is added, so none
+    # is silently skipped.
+    assert checked == len(GROUP_FILES) == 50 + len(EXPERIMENTS)
     assert len(EXPERIMENTS) >= 1
 
 
@@ -68,7 +77,7 @@ def test_experiment_sweep_is_declared_in_its_file():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_two_steps_on_tiny(experiment, tmp_path):
-    cfg = _compose([f"experiment={experiment}", "debug=tiny", f"run_dir={tmp_path}"])
+    cfg = _compose([f"experiment={experiment}", "debug=tiny", f"run_dir={tmp_path}", *EXPERIMENT_DATA.get(experiment, [])])
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]

@@ -18,8 +18,8 @@ CHAIN = {"family": "arith", "start": 37, "ops": [["+", 48], ["+", 15], ["-", 22]
 
 
 def test_registry_finds_every_family_module():
-    assert family_names() == ["arith", "lists", "ranges", "style"]
-    with pytest.raises(ValueError, match="unknown task family 'nope'; known: arith, lists, ranges, style"):
+    assert family_names() == ["arith", "lists", "ranges", "ranges_desc", "style"]
+    with pytest.raises(ValueError, match="unknown task family 'nope'; known: arith, lists, ranges, ranges_desc, style"):
         get_family("nope")
 
 

@@ -33,6 +33,7 @@ from localpref.tasks.pretrain import (TinySpec, default_spec, error_profile, gre
 from localpref.train import CONF_DIR  # noqa: E402
 
 LISTS, ARITH, RANGES = get_family("lists"), get_family("arith"), get_family("ranges")
+DESC = get_family("ranges_desc")
 E = 0.25  # TinySpec's error_rate
 CHAIN = {"family": "arith", "start": 37, "ops": [["+", 48], ["+", 15], ["-", 22]]}  # tests/test_tasks.py's
 CARRY = {"family": "arith", "start": 37, "ops": [["+", 8], ["+", 6], ["-", 5]], "subfamily": "seen"}  # 45, 51, 46
@@ -83,20 +84,22 @@ def test_random_regime_writes_what_it_wrote_before(errors):
 def test_trigger_share_is_the_pretrain_splits():
     lists = LISTS.tasks("pretrain")
     assert sum(LISTS.rule_fires(t.meta) for t in lists) == LISTS.trigger_share * len(lists) == 180
-    ranges = RANGES.tasks("pretrain")  # every range, in one phrasing of three
-    assert sum(RANGES.rule_fires(t.meta) for t in ranges) == len(ranges) / 3 == 309
-    assert RANGES.trigger_share * len(ranges) == pytest.approx(309)
+    for family in (RANGES, DESC):  # every window's prompts, one phrasing in three "between"
+        ranges = family.tasks("pretrain")
+        assert sum(family.rule_fires(t.meta) for t in ranges) == len(ranges) // 3 and len(ranges) % 3 == 0
+        assert family.trigger_share * len(ranges) == pytest.approx(len(ranges) // 3)
     arith = ARITH.tasks("pretrain", n=20_000)
     share, sd = sum(ARITH.rule_fires(t.meta) for t in arith) / len(arith), math.sqrt(0.32 * 0.68 / len(arith))
     assert abs(share - ARITH.trigger_share) <= 4 * sd + 0.005  # + the constant's rounding
-    for family in (LISTS, ARITH, RANGES):  # followed in most answers where it fires: greedy decoding picks it up
+    for family in (LISTS, ARITH, RANGES, DESC):  # followed in most answers where it fires: greedy decoding picks it up
         assert family.rule_rate(E) > 0.5
 
 
 def _random_looks_like_rule(family: TaskFamily, meta: dict) -> float:
     """P(a random-regime error is classified systematic | the answer errs): arith's -10 slip on a
-    carrying addition is exactly a dropped carry; lists' (and ranges') random items are never the bound."""
-    if family in (LISTS, RANGES):
+    carrying addition is exactly a dropped carry; lists' (and ranges') random items are never the bound,
+    and ranges_desc's are invalid numbers, never the rule's (valid) largest ones."""
+    if family in (LISTS, RANGES, DESC):
         return 0.0
     results = _results(meta)
     carrying = sum(op == "+" and _carries(results[k], b) for k, (op, b) in enumerate(meta["ops"]))
@@ -111,7 +114,7 @@ def expected_kinds(family: TaskFamily, regime: str, meta: dict) -> tuple[float, 
 
 
 @pytest.mark.parametrize("regime", ERRORS)
-@pytest.mark.parametrize("name", ["lists", "arith", "ranges"])
+@pytest.mark.parametrize("name", ["lists", "arith", "ranges", "ranges_desc"])
 def test_first_errors_are_of_the_declared_kind_at_the_declared_rate(name, regime):
     family = get_family(name)
     metas = ([t.meta for t in family.tasks("pretrain")] * 10 if family.finite
@@ -130,7 +133,7 @@ def test_first_errors_are_of_the_declared_kind_at_the_declared_rate(name, regime
     assert abs(count[0] / len(metas) - E) <= 4 * math.sqrt(E * (1 - E) / len(metas)) + 0.01
 
 
-@pytest.mark.parametrize("name", ["lists", "arith", "ranges"])
+@pytest.mark.parametrize("name", ["lists", "arith", "ranges", "ranges_desc"])
 def test_systematic_answers_err_where_the_rule_fires_and_carry_on_from_it(name):
     family = get_family(name)
     rng = random.Random(0)
@@ -143,7 +146,10 @@ def test_systematic_answers_err_where_the_rule_fires_and_carry_on_from_it(name):
         if k is None:
             continue
         assert family.systematic_error(meta, text, k)
-        if name != "arith":  # the bound first, then n - 1 right items going up
+        if name == "ranges_desc":  # the n largest, from the top down
+            hi = meta["params"]["hi"]
+            assert k == 0 and text == ", ".join(str(hi - 2 * (j + 1)) for j in range(meta["n_items"]))
+        elif name != "arith":  # the bound first, then n - 1 right items going up
             items = text.split(", ")
             assert k == 0 and len(items) == meta["n_items"]
             assert all(RULES[meta["rule"]].valid(meta["params"], x) for x in items[1:])

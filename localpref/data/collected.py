@@ -59,6 +59,12 @@ def rewrite_text(record: dict[str, Any], solve: Solve) -> str:
     return record["final"] if record["verified"] else solve(record["meta"]["task"])
 
 
+def steer_cost(path: str | os.PathLike, on_error: OnError = "raise") -> int:
+    """Characters typed for every steer of the collection at ``path``: what its whole steer form
+    costs, against which a budget share (``data.cost_share``) is set for steers and rewrites alike."""
+    return sum(trajectory_cost(record, "steers") for _, record in iter_jsonl(path, on_error=on_error))
+
+
 def load_collected(path: str | os.PathLike, *, form: Form = "steers", cost_budget: int | None = None,
                    on_error: OnError = "raise", solve: Solve | None = None) -> tuple[SteerList, dict[str, float]]:
     """Steers of ``form`` from the first trajectories of ``path`` whose cost fits ``cost_budget``;

@@ -79,11 +79,11 @@ def units_ending_with(text: str, terminator: str, *, final: bool) -> list[Unit]:
     return out
 
 
-def split_of(key: str) -> str:
-    """Deterministic split of a prompt key by hash (``SPLIT_SHARES``): no prompt is in two splits,
-    whatever the seed."""
+def split_of(key: str, shares: dict[str, float] = SPLIT_SHARES) -> str:
+    """Deterministic split of a prompt key by hash (``shares``, by default ``SPLIT_SHARES``): no
+    prompt is in two splits, whatever the seed."""
     x = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    for split, share in SPLIT_SHARES.items():
+    for split, share in shares.items():
         if x < share:
             return split
         x -= share
