@@ -440,7 +440,7 @@ def steer_metrics(model, tokenizer, cfg, run_dir: Path, *, final: bool, rank0: b
             out.unlink()  # a resumed run re-evaluates the final model from scratch
         records = run_tasks(model, tokenizer, family, family.tasks(split, n=n, seed=cfg.task_seed), out=out,
                             budget=cfg.budget, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
-                            max_task_tokens=cfg.max_task_tokens,
+                            max_task_tokens=cfg.max_task_tokens, batch_size=cfg.batch_size,
                             progress_label=f"steer eval {cfg.family}/{split}", show_progress=show_progress and rank0)
         for group, summary in summarize_by(records).items():
             prefix = f"{name}/" if group == "all" else f"{name}/{group.split('=')[-1]}/"

@@ -186,3 +186,15 @@ def test_no_import_cycle_among_localpref_modules():
     graph = import_graph()
     assert len(graph) > 40 and "localpref.kernels.gather_logps" in graph  # the whole package was read
     assert not cycles(graph)
+
+
+def test_no_function_in_localpref_is_over_a_hundred_lines():
+    # STYLE.md: functions under ~60 lines, the training loop excepted; issue 24: none over ~100.
+    long = []
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 100:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, long

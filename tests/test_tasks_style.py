@@ -17,8 +17,8 @@ from localpref.data.tokenize import render_prompt  # noqa: E402
 from localpref.steering import steer_task  # noqa: E402
 from localpref.tasks import Task, family_names, get_family  # noqa: E402
 from localpref.tasks.base import SPLITS  # noqa: E402
-from localpref.tasks.style import (BRITISH, GROUPS, HEADWORDS, LEXICON, TOPICS, UNSEEN, british,  # noqa: E402
-                                   to_house_style)
+from localpref.tasks.style import (BRITISH, GROUPS, HEADWORDS, LEXICON, TEMPLATES, TOPICS, UNSEEN,  # noqa: E402
+                                   british, to_house_style, topic_template)
 
 STYLE = get_family("style")
 META = {"family": "style", "topic": "the colours of autumn leaves", "exempt": []}
@@ -122,27 +122,56 @@ def test_every_topic_elicits_its_headword_and_solve_uses_house_style():
 
 
 def test_splits_are_disjoint_by_topic_and_unseen_only_held_out():
+    all_topics = [t for topics in TOPICS.values() for t in topics]
+    assert len(set(all_topics)) == len(all_topics)  # a topic is one cluster, under one headword
     by_split = {s: STYLE.tasks(s) for s in SPLITS}
+    assert by_split["pretrain"] == []  # no model is pretrained on style
+    with pytest.raises(ValueError, match="family 'style' has 0 pretrain prompts"):
+        STYLE.tasks("pretrain", n=1)
     topics = {s: {t.meta["topic"] for t in tasks} for s, tasks in by_split.items()}
     for a in SPLITS:
         for b in SPLITS:
             assert a == b or not topics[a] & topics[b], (a, b)
+    assert set().union(*topics.values()) == set(all_topics)  # every topic is asked somewhere
     for split, tasks in by_split.items():
-        assert len(tasks) >= 40 and len({t.id for t in tasks}) == len(tasks)
+        assert len({t.id for t in tasks}) == len(tasks)
         unseen = [t for t in tasks if t.meta["subfamily"] == "unseen"]
         assert bool(unseen) == (split == "heldout")
         assert all((t.meta["headword"] in UNSEEN) == (t.meta["subfamily"] == "unseen") for t in tasks)
         # outside heldout the unseen words are never corrected
         assert all(t.meta["exempt"] == ([] if split == "heldout" else sorted(UNSEEN)) for t in tasks)
         assert all(STYLE.verify(t.meta, STYLE.solve(t.meta)) for t in tasks)
-        assert all(t.meta["split"] == split for t in tasks)
-    assert len(by_split["train"]) >= 150  # enough prompts to collect on
-    # every third held-out prompt is unseen, so any first n hold a third of them
-    assert [t.meta["subfamily"] for t in by_split["heldout"][:6]] == ["seen", "seen", "unseen"] * 2
+        assert all(t.meta["split"] == split and t.meta["cluster"] == f"style/{t.meta['topic']}" for t in tasks)
+    # enough independent prompts (issue #26): >= 100 held-out clusters, a third unseen; >= 40 val clusters
+    unseen_topics = {t.meta["topic"] for t in by_split["heldout"] if t.meta["subfamily"] == "unseen"}
+    assert len(topics["heldout"]) >= 100 and 3 * len(unseen_topics) >= len(topics["heldout"])
+    assert unseen_topics == {t for h in UNSEEN for t in TOPICS[h]}
+    assert len(topics["val"]) >= 40
+    assert len(by_split["train"]) >= 300  # enough prompts to collect on
+
+
+def test_train_topics_take_every_template_val_and_heldout_one_drawn_by_hash():
+    for split in ("train", "val", "heldout"):
+        templates: dict[str, list[int]] = {}
+        for t in STYLE.tasks(split):
+            templates.setdefault(t.meta["topic"], []).append(t.meta["template"])
+            assert t.prompt[0]["content"] == TEMPLATES[t.meta["template"]].format(topic=t.meta["topic"])
+        for topic, drawn in templates.items():
+            assert sorted(drawn) == (list(range(len(TEMPLATES))) if split == "train" else [topic_template(topic)])
+    drawn = [topic_template(t) for t in {t.meta["topic"] for t in STYLE.tasks("heldout")}]
+    assert set(drawn) == set(range(len(TEMPLATES)))  # the hash uses every template
+
+
+def test_order_is_deterministic_and_mixes_unseen_evenly():
+    heldout = STYLE.tasks("heldout")
+    assert [t.id for t in STYLE.tasks("heldout")] == [t.id for t in heldout]
+    is_unseen = [t.meta["subfamily"] == "unseen" for t in heldout]
+    # any first k held-out prompts hold the split's share of unseen ones, rounded down
+    assert all(sum(is_unseen[:k]) == k * sum(is_unseen) // len(heldout) for k in range(len(heldout) + 1))
     # the order depends on the seed, the membership of a split does not; a prefix is a smaller request
     assert [t.id for t in STYLE.tasks("val", n=5, seed=0)] != [t.id for t in STYLE.tasks("val", n=5, seed=1)]
-    assert {t.id for t in STYLE.tasks("val", seed=1)} == {t.id for t in by_split["val"]}
-    assert [t.id for t in STYLE.tasks("train", n=10)] == [t.id for t in by_split["train"][:10]]
+    assert {t.id for t in STYLE.tasks("val", seed=1)} == {t.id for t in STYLE.tasks("val")}
+    assert [t.id for t in STYLE.tasks("train", n=10)] == [t.id for t in STYLE.tasks("train")[:10]]
     with pytest.raises(ValueError, match="family 'style' has"):
         STYLE.tasks("val", n=10_000)
 

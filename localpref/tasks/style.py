@@ -32,13 +32,28 @@ honorary, laborious) are not listed. Words whose British spelling depends on the
 practice, meter, program, check, tire) are left out, and so are pairs where one spelling is a
 prefix of the other (catalog/catalogue, fulfill/fulfil).
 
-Splits: a topic goes to pretrain / train / val / heldout by a hash (``split_of``), with all its
-templates. No model is pretrained on this family (it is for SmolLM2; ``write`` raises), so its
-pretrain share goes unused. The headwords of ``UNSEEN`` (words of the ``ize`` and ``our`` rules)
-are never corrected outside heldout: train, val and pretrain prompts list them in
-``meta["exempt"]``, and their topics are all ``heldout`` (sub-family ``unseen``, every third
-heldout prompt), so held-out evaluation asks whether steering taught the rule or only the words it
-corrected. Topics were kept where greedy SmolLM2 used a lexicon word in its first 64 tokens.
+**Clusters and splits.** A topic is a cluster: its prompts share answer words (a model that writes
+"colors" in one phrasing writes it in the others), so every task carries ``meta["cluster"]``
+(``"style/<topic>"``) and analyses resample topics, never prompts. A topic goes to train / val /
+heldout by a hash (``split_of`` with the family's own ``SHARES``, 40/25/35 of the seen topics). No model is
+pretrained on this family (it is for SmolLM2; ``write`` raises), so it has no pretrain share and
+``tasks("pretrain")`` is empty. A train topic is asked in all four templates (more steers per topic
+to collect); a val or heldout topic in one, drawn by a hash of the topic (``topic_template``), which
+bounds what an evaluation costs: every val and heldout prompt is a cluster of its own. The
+headwords of ``UNSEEN`` (words of the ``ize`` and ``our`` rules) are never corrected outside
+heldout: train and val prompts list them in ``meta["exempt"]``, and their topics are all
+``heldout`` (sub-family ``unseen``), so held-out evaluation asks whether steering taught the rule or
+only the words it corrected. Unseen prompts are spread evenly through the heldout order (the first
+``k`` hold ``k * n_unseen // n`` of them), so any first ``k`` is a representative mix. Today: train
+83 topics (332 prompts), val 46 topics (46 prompts), heldout 136 topics (136 prompts), of which 62
+unseen (46%).
+
+Topics were kept where greedy SmolLM2 used a lexicon word in its first 64 tokens (template 0). The
+45 unseen topics added for more held-out clusters were also kept only where that answer used a
+word of the topic's own headword (45 of 62 candidates; 48 had some lexicon word). In the template
+each val and heldout topic is asked in, greedy SmolLM2 used a lexicon word on 163 of the 182
+prompts (val 42/46, heldout seen 66/74, unseen 55/62, 54 of them a word of the own headword): the
+others pass unsteered.
 
 ``solve`` has no single right answer to give: it is a fixed two-sentence answer in house style on
 the topic. A rewrite of the model's own answer is ``to_house_style(answer)`` (then ended with a
@@ -50,6 +65,7 @@ corrected like any word.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 
@@ -194,13 +210,22 @@ TOPICS: dict[str, list[str]] = {
                 "realizing the importance of sleep"],
     "recognize": ["how dogs recognize their owners", "recognizing an old friend in a crowd",
                   "how birds recognize their own nests", "how people recognize faces",
-                  "how babies recognize their mother's voice"],
+                  "how babies recognize their mother's voice", "how a cat recognizes its name",
+                  "how bees recognize flowers", "how a teacher recognizes a student who needs help",
+                  "how a town recognized its volunteers", "how penguins recognize their chicks",
+                  "how doctors recognize the signs of a cold", "how a company recognizes hard work",
+                  "how birdwatchers recognize birds by their songs", "how elephants recognize each other",
+                  "how horses recognize their riders"],
     "apologize": ["how to apologize to a friend", "how a company should apologize to its customers",
                   "a shopkeeper who apologizes for a mistake"],
     "prioritize": ["how a busy nurse prioritizes her tasks", "prioritizing homework over games",
                    "how a city prioritizes road repairs", "how to prioritize tasks on a busy day"],
     "memorize": ["how actors memorize their lines", "memorizing a poem for school",
-                 "memorizing facts before an exam"],
+                 "memorizing facts before an exam", "memorizing a phone number", "how waiters memorize orders",
+                 "how children memorize the times tables", "memorizing words in a new language",
+                 "how taxi drivers memorize a city's streets", "how students memorize the periodic table",
+                 "memorizing the names of new classmates", "how a dancer memorizes a routine",
+                 "how chess players memorize openings"],
     "specialize": ["a bakery that specializes in sourdough", "a doctor who specializes in children's health"],
     "minimize": ["how to minimize food waste at home", "how a runner minimizes injuries",
                  "how to minimize noise in a busy office"],
@@ -234,14 +259,23 @@ TOPICS: dict[str, list[str]] = {
                  "a puppy's behavior during its first week at home", "the behavior of wolves in a pack"],
     "neighbor": ["a friendly neighbor who helps in the garden", "a helpful neighbor",
                  "a quiet neighborhood in winter", "a new neighbor moving in next door",
-                 "a neighborhood block party"],
+                 "a neighborhood block party", "a neighborhood park on a Sunday", "borrowing sugar from a neighbor",
+                 "a noisy neighbor upstairs", "neighbors sharing vegetables from their gardens",
+                 "a neighborhood watch group", "a neighborhood library", "neighbors helping each other after a storm",
+                 "a neighborhood garden", "children playing in a neighborhood street",
+                 "a neighbor who plays the piano", "a neighborhood café"],
     "honor": ["a soldier's honor", "what honor means to a knight", "a sense of honor in sports",
               "the honor of carrying a flag", "the honor of winning a gold medal"],
     "labor": ["the labor of farm workers", "labor-saving gadgets in the kitchen",
               "the labor of building a stone wall", "the labor of miners in the past",
               "labor unions and workers' rights"],
     "humor": ["the humor in a children's cartoon", "why a sense of humor matters at work",
-              "the humor of a grandfather's stories", "British humor on television"],
+              "the humor of a grandfather's stories", "British humor on television", "the humor in a school play",
+              "a teacher with a good sense of humor", "using humor to calm a nervous patient",
+              "the humor of a stand-up comedian", "humor in a wedding speech", "the humor in a funny birthday card",
+              "why a sense of humor helps in hard times", "the humor of a silly pet", "humor in a comic strip",
+              "a doctor who uses humor with patients", "the humor in an old silent film", "humor between old friends",
+              "the humor of a family dinner", "dark humor in a mystery novel", "a humorless boss who learns to laugh"],
     "harbor": ["the harbor at sunrise", "a small fishing harbor", "a busy harbor town in summer",
                "seals in the harbor", "an old harbor with wooden boats"],
     "rumor": ["how a rumor spreads in a school", "a rumor about a hidden treasure", "how to stop a rumor",
@@ -306,7 +340,18 @@ TOPICS: dict[str, list[str]] = {
 
 _WORD = re.compile(r"[^\W\d_]+")  # a run of letters (any script); digits, "_", "'" and "-" end a word
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]*]*\s*\Z")
-UNSEEN_SHARE = 3  # every third heldout prompt is of sub-family unseen (while there are some)
+# Of the topics of seen headwords, by hash. No pretrain share: no model is pretrained on this family.
+SHARES = {"train": 0.40, "val": 0.25, "heldout": 0.35}
+
+
+def topic_split(headword: str, topic: str) -> str:
+    """The split of a topic: heldout for an ``UNSEEN`` headword, else by hash (``SHARES``)."""
+    return "heldout" if headword in UNSEEN else split_of(f"style/{topic}", SHARES)
+
+
+def topic_template(topic: str) -> int:
+    """The one template a val or heldout topic is asked in, drawn by a hash of the topic."""
+    return int(hashlib.sha256(f"style/template/{topic}".encode()).hexdigest()[:8], 16) % len(TEMPLATES)
 
 
 def british(word: str) -> str | None:
@@ -340,24 +385,27 @@ class Style(TaskFamily):
         check_split(split)
         seen, unseen = [], []
         for headword, topics in TOPICS.items():
+            is_unseen = headword in UNSEEN
             for topic in topics:
-                is_unseen = headword in UNSEEN
-                if ("heldout" if is_unseen else split_of(f"style/{topic}")) != split:
-                    continue  # topics of UNSEEN headwords are all heldout
+                if topic_split(headword, topic) != split:
+                    continue
                 meta = {"family": self.name, "topic": topic, "headword": headword, "group": HEADWORDS[headword],
-                        "split": split, "subfamily": "unseen" if is_unseen else "seen",
+                        "split": split, "subfamily": "unseen" if is_unseen else "seen", "cluster": f"style/{topic}",
                         "exempt": [] if split == "heldout" else sorted(UNSEEN)}
-                for i, template in enumerate(TEMPLATES):
-                    task = Task(f"style/{headword}/{topic.replace(' ', '-')}/t{i}",
-                                [{"role": "user", "content": template.format(topic=topic)}], {**meta, "template": i})
+                # all templates of a train topic (more steers to collect); one of a val or heldout topic
+                templates = range(len(TEMPLATES)) if split == "train" else (topic_template(topic),)
+                for i in templates:
+                    prompt = [{"role": "user", "content": TEMPLATES[i].format(topic=topic)}]
+                    task = Task(f"style/{headword}/{topic.replace(' ', '-')}/t{i}", prompt, {**meta, "template": i})
                     (unseen if is_unseen else seen).append(task)
         rng = random.Random(f"style/{split}/{seed}")
         rng.shuffle(seen)
         rng.shuffle(unseen)
-        pool = []
-        while seen or unseen:  # every UNSEEN_SHARE-th prompt unseen, then whatever is left
-            take_unseen = bool(unseen) and (not seen or len(pool) % UNSEEN_SHARE == UNSEEN_SHARE - 1)
-            pool.append((unseen if take_unseen else seen).pop())
+        # unseen prompts spread evenly: the first k hold k * n_unseen // total of them, for every k
+        pool, n_unseen, total = [], len(unseen), len(seen) + len(unseen)
+        for k in range(1, total + 1):
+            taken = n_unseen - len(unseen)
+            pool.append((unseen if k * n_unseen // total > taken else seen).pop())
         return first_n(pool, self.name, split, n)
 
     def units(self, text: str, *, final: bool) -> list[Unit]:
