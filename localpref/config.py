@@ -38,7 +38,10 @@ class ModelConfig:
     path: Optional[str] = None  # local HF model folder (source=local); must hold config + weights
     family: Optional[str] = None  # task family of a tiny task model (source=tiny_task): lists | ranges | arith
     errors: str = "random"  # source=tiny_task: how its pretraining answers err, random | systematic | mixed
-    build: int = 0  # source=tiny_task: which build of it (its pretraining seed): independent models of one recipe
+    # source=tiny_task: which build of it (its pretraining seed): independent models of one recipe.
+    # Other sources have one build: a study's part then uses it as the replicate's index (its train
+    # prompts and, through seed=${model.build}, its training seed).
+    build: int = 0
     pretrain_steps: Optional[int] = None  # source=tiny_task: pretraining steps instead of the family's (quick runs)
     tokenizer: Optional[str] = None  # tokenizer folder, or "smollm2"; None: the model's own folder
     dtype: str = "float32"  # weights' dtype when loaded: float32 | bfloat16 | float16
@@ -215,6 +218,7 @@ class StudyConfig:
     control_scale: int = 3  # the positive control's train prompts per method's one (capped by the split)
     n_val: Optional[int] = None  # val prompts collected and steered (None: all of the split)
     n_heldout: Optional[int] = None  # heldout prompts collected and steered (None: all of the split)
+    n_frontier: int = 300  # heldout prompts every tuning trial also steers (the frontier figure; never a choice)
     temperature: float = 0.0  # collection sampling temperature (0: greedy, as the evaluation decodes)
     collect_batch: int = 64  # prompts generated together while collecting
     methods: list[str] = field(default_factory=list)  # the methods the part compares (conf/method/*.yaml)

@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 from localpref.config import TrainConfig, validate
 from localpref.train import CONF_DIR, train
 
-# Every group file but the search spaces (conf/search/tune/<method>.yaml: the Optuna sweeper's params,
-# chosen by stage=tune; tests/test_study_config.py checks them).
-GROUP_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR and "search" not in p.parts)
+# Every group file but the search spaces (conf/search/tune/<method>.yaml and conf/search_part/tune/<part>.yaml:
+# the Optuna sweeper's params, chosen by stage=tune; tests/test_study_config.py checks them).
+GROUP_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml")
+                     if p.parent != CONF_DIR and not {"search", "search_part"} & set(p.parts))
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # An experiment whose steers come from a study's collections runs here on the built-in examples.
 EXPERIMENT_DATA = {"fewest_steers": ["data=examples", "data.eval_path=null"]}
@@ -48,9 +49,9 @@ def test_every_config_file_composes():
         assert isinstance(typed, TrainConfig)
         checked += 1
     # 4 model + 4 data + 11 loss + 3 reference + 2 peft + 1 trainer + 3 logger + 3 launcher
-    # + 1 debug + 3 part + 12 method + 3 stage + experiments: update when a file is added, so none
+    # + 1 debug + 4 part + 12 method + 3 stage + experiments: update when a file is added, so none
     # is silently skipped.
-    assert checked == len(GROUP_FILES) == 50 + len(EXPERIMENTS)
+    assert checked == len(GROUP_FILES) == 51 + len(EXPERIMENTS)
     assert len(EXPERIMENTS) >= 1
 
 

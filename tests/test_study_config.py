@@ -18,6 +18,7 @@ from localpref.train import CONF_DIR
 PARTS = sorted(p.stem for p in (CONF_DIR / "part").glob("*.yaml"))
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 SEARCH = CONF_DIR / "search" / "tune"
+TINY = "tiny-ranges-systematic"
 
 
 def _compose(overrides: list[str], hydra: bool = False):
@@ -28,8 +29,11 @@ def _compose(overrides: list[str], hydra: bool = False):
 def test_every_part_lists_methods_that_exist_and_can_be_tuned():
     assert len(PARTS) >= 3
     for part in PARTS:
-        study = OmegaConf.to_object(_compose([f"part={part}"])).study
-        assert study.part == part and study.builds >= 5 and study.methods, part
+        cfg = OmegaConf.to_object(_compose([f"part={part}"]))
+        study = cfg.study
+        # >= 5 independent builds of a tiny task model; >= 3 replicates (seeds and train subsets) of SmolLM2
+        assert study.part == part and study.builds >= (5 if cfg.model.source == "tiny_task" else 3), part
+        assert study.methods and set(study.curve_methods) <= set(study.methods), part
         assert set(study.methods) <= set(METHODS) and "base" not in study.methods
         assert all((SEARCH / f"{m}.yaml").exists() for m in study.methods), part
 
@@ -37,13 +41,13 @@ def test_every_part_lists_methods_that_exist_and_can_be_tuned():
 @pytest.mark.parametrize("stage", ["tune", "final", "base"])
 def test_parts_methods_and_stages_compose_and_interpolate_the_builds_files(stage, tmp_path):
     for method in ["base"] if stage == "base" else ["localized", "sft_span", "control", "unlikelihood"]:
-        cfg = _compose([f"part={PARTS[0]}", f"method={method}", f"stage={stage}", f"study.out={tmp_path}",
+        cfg = _compose([f"part={TINY}", f"method={method}", f"stage={stage}", f"study.out={tmp_path}",
                         "model.build=3"], hydra=True)
         sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
         OmegaConf.set_struct(cfg, False)
         del cfg["hydra"]
         typed: TrainConfig = OmegaConf.to_object(cfg)
-        collect = tmp_path / PARTS[0] / "collect"
+        collect = tmp_path / TINY / "collect"
         train_file = "train_control_b3.jsonl" if method == "control" else "train_b3.jsonl"
         split = "val" if stage == "tune" else "heldout"
         assert (typed.data.path, typed.data.eval_path) == (str(collect / train_file), str(collect / f"{split}_b3.jsonl"))
@@ -76,10 +80,18 @@ def test_search_spaces_cover_each_losss_parameters_over_the_same_ranges():
             assert shared.setdefault(key.split(".")[-1] if "weight" in key else key, value) == value, (method, key)
 
 
+def test_a_parts_own_ranges_go_over_its_methods_and_only_when_tuning():
+    cfg = _compose(["part=smollm2-style", "method=localized", "stage=tune"], hydra=True)
+    assert cfg.hydra.sweeper.params["trainer.epochs"] == "interval(1, 4)"  # the part's, over the method's 1-8
+    assert cfg.hydra.sweeper.params["loss.beta"] == "tag(log, interval(0.03, 3.0))"  # the method's
+    cfg = _compose(["part=smollm2-style", "method=localized", "stage=final"], hydra=True)
+    assert not cfg.hydra.sweeper.params
+
+
 def test_every_method_gets_the_same_number_of_trials():
     trials = set()
     for method in [m for m in METHODS if m != "base"]:
-        cfg = _compose([f"part={PARTS[0]}", f"method={method}", "stage=tune"], hydra=True)
+        cfg = _compose([f"part={TINY}", f"method={method}", "stage=tune"], hydra=True)
         trials.add((cfg.hydra.sweeper.n_trials, cfg.hydra.sweeper.sampler.n_startup_trials, cfg.hydra.sweeper.sampler.seed))
     assert len(trials) == 1 and next(iter(trials))[0] >= 10
     for path in [*(CONF_DIR / "method").glob("*.yaml"), *(CONF_DIR / "part").glob("*.yaml"), *SEARCH.glob("*.yaml")]:

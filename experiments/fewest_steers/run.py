@@ -60,6 +60,7 @@ class Part:
     """What this script reads of a part's composed config (``experiment=fewest_steers part=NAME``)."""
 
     name: str
+    model: str  # "tiny" (a tiny task model with builds) or "smollm2" (one build: replicates are seeds)
     family: str
     errors: str
     pretrain_steps: int | None
@@ -88,10 +89,11 @@ def compose_part(name: str, overrides: list[str]) -> Part:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=fewest_steers", f"part={name}", "stage=tune", *overrides])
     c = OmegaConf.to_object(cfg)
-    if c.model.source != "tiny_task":
-        raise SystemExit(f"part {name}: run.py builds tiny task models; model.source={c.model.source}")
+    if c.model.source not in ("tiny_task", "smollm2"):
+        raise SystemExit(f"part {name}: run.py collects from a tiny task model or SmolLM2; model.source={c.model.source}")
     s, e = c.study, c.steer_eval
-    return Part(name, c.model.family, c.model.errors, c.model.pretrain_steps, s.builds, s.n_train, s.control_scale,
+    model = "tiny" if c.model.source == "tiny_task" else "smollm2"
+    return Part(name, model, e.family, c.model.errors, c.model.pretrain_steps, s.builds, s.n_train, s.control_scale,
                 s.n_val, s.n_heldout, s.temperature, s.collect_batch, e.budget, e.max_new_tokens, e.max_task_tokens,
                 c.tune.tie_weight, list(s.methods), list(s.budgets), list(s.curve_methods))
 
@@ -144,17 +146,24 @@ class Runner:
 
 
 def model_args(part: Part, build: int) -> list[str]:
-    """Which tiny task model: the family's, in the part's regime, build ``build``."""
-    return ["--family", part.family, "--errors", part.errors, "--build", str(build),
+    """Which model: the family's tiny task model in the part's regime, build ``build``; or SmolLM2
+    (one build: ``build`` is only the replicate's index, of its train prompts and seed)."""
+    if part.model != "tiny":
+        return ["--family", part.family, "--model", part.model]
+    return ["--family", part.family, "--model", "tiny", "--errors", part.errors, "--build", str(build),
             *(["--pretrain-steps", str(part.pretrain_steps)] if part.pretrain_steps else [])]
 
 
 def stage_build(runner: Runner, part: Part) -> None:
     """Each build (cached: a built one is found at once), then ``OUT/<part>/models.json``: each
-    build's size, final pretraining loss and wall-clock (its ``pretrain.json``)."""
+    build's size, final pretraining loss and wall-clock (its ``pretrain.json``). A part on SmolLM2
+    has nothing to build."""
     from localpref.tasks.pretrain import default_spec, task_model_dir
 
-    runner.run(part, "build", [(f"{part.name}-build{b}", ["steer", "pretrain", *model_args(part, b)])
+    if part.model != "tiny":
+        return
+    runner.run(part, "build", [(f"{part.name}-build{b}", ["steer", "pretrain", *model_args(part, b)[:2],
+                                                          *model_args(part, b)[4:]])
                                for b in range(part.builds)])
     info = []
     for b in range(part.builds):
@@ -186,7 +195,7 @@ def stage_collect(runner: Runner, part: Part) -> None:
                 continue  # collected (a partial file is continued: steer collect skips finished prompts)
             out.parent.mkdir(parents=True, exist_ok=True)
             commands.append((f"{part.name}-collect-{name}", [
-                "steer", "collect", "--model", "tiny", *model_args(part, b), "--split", split, "--n", str(n), "--task-seed", str(task_seed),
+                "steer", "collect", *model_args(part, b), "--split", split, "--n", str(n), "--task-seed", str(task_seed),
                 "--temperature", str(part.temperature), "--budget", str(part.steer_budget),
                 "--max-new-tokens", str(part.max_new_tokens), "--batch-size", str(part.collect_batch), "--out", str(out),
                 *(["--max-task-tokens", str(part.max_task_tokens)] if part.max_task_tokens else [])]))
