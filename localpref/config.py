@@ -100,6 +100,10 @@ class LossConfig:
     beta: float = 0.1  # inverse temperature of the implicit reward (losses that take one)
     aggregation: str = "sum"  # how token log-ratios combine into a pair's reward: "sum" | "mean"
     sft_weight: float = 0.0  # weight of an NLL anchor on the chosen tokens added to each pair's loss (RPO)
+    # The anchor's tokens: "span" (the corrected span: RPO) | "accepted" (the chosen completion before
+    # the span: the text the person let stand, kept where it was) | "completion" (both). Not "span"
+    # needs loss.mask=span and sft_weight > 0; the anchor is a per-pair mean over its tokens.
+    anchor: str = "span"
     # The loss function's own keyword parameters (e.g. dpop_lambda, label_smoothing, ul_weight);
     # each conf/loss/*.yaml lists its loss's with a comment. Their defaults are the function's
     # (localpref.losses); a name the function does not take fails validation.
@@ -259,6 +263,7 @@ _CHOICES = {
     "loss.objective": ("sft", "preference"),
     "loss.mask": ("span", "completion"),
     "loss.aggregation": ("sum", "mean"),
+    "loss.anchor": ("span", "accepted", "completion"),
     "reference.kind": ("copy", "adapter_disabled", "precomputed"),
     "peft.kind": ("none", "lora"),
     "trainer.optimizer": ("adamw", "sgd"),
@@ -327,6 +332,10 @@ def validate(cfg: TrainConfig, families: Sequence[str] | None = None) -> None:
         raise ValueError("data.layout=trees needs data.shuffle=trajectories (or null): shuffled one by one, "
                          "a trajectory's steers land in different steps and cannot share a row")
     check_loss(cfg.loss)
+    if cfg.loss.anchor != "span" and not (cfg.loss.objective == "preference" and cfg.loss.mask == "span"
+                                          and cfg.loss.sft_weight > 0):
+        raise ValueError(f"loss.anchor={cfg.loss.anchor!r} anchors a preference loss on spans: it needs "
+                         "loss.objective=preference, loss.mask=span and loss.sft_weight > 0")
     if cfg.reference.kind == "adapter_disabled" and cfg.peft.kind != "lora":
         raise ValueError("reference=adapter_disabled needs peft=lora (there are no adapters to disable)")
     t = cfg.trainer

@@ -37,7 +37,7 @@ is nothing to compare; the data layer never emits one). Under ``aggregation="sum
 side is allowed and its log-ratio is the empty sum, 0 (an insertion-only edit has no rejected
 tokens; unlikelihood then has no rejected token to push down and adds 0). Under
 ``aggregation="mean"`` any empty side raises, since a mean over no tokens is undefined; so does an
-empty SFT-anchor mask when ``sft_weight > 0``.
+empty chosen span anchored by ``sft_weight > 0`` (an anchor on other tokens may be empty: it adds 0).
 """
 
 from __future__ import annotations
@@ -296,7 +296,9 @@ def preference_loss(
             2024, "Iterative Reasoning Preference Optimization", arXiv:2404.19733):
             L += alpha * (-log pi(y_w | x) / |y_w|), the per-pair length-normalized NLL of the
             anchor tokens.
-        policy_chosen_nll_mask: (b, t) bool tokens of the anchor; None means ``chosen_mask``.
+        policy_chosen_nll_mask: (b, t) bool tokens of the anchor; None means ``chosen_mask`` (then an
+            empty one raises). A given mask may be empty for a pair, which then adds no anchor (the
+            accepted text before a correction at the very start of an answer).
         **params: the loss's own parameters (``loss_params(loss_type)``; e.g. ``dpop_lambda``).
 
     Returns:
@@ -324,9 +326,10 @@ def preference_loss(
         nll_mask = chosen_mask if policy_chosen_nll_mask is None else policy_chosen_nll_mask
         _check("policy_chosen_nll", policy_chosen_logps, nll_mask)
         nll_tokens = nll_mask.sum(-1)  # (b,)
-        if bool((nll_tokens == 0).any()):
-            raise ValueError("sft_weight > 0 but some pair's SFT-anchor mask is empty")
-        losses = losses + sft_weight * (-_masked_sum(policy_chosen_logps, nll_mask) / nll_tokens)
+        if policy_chosen_nll_mask is None and bool((nll_tokens == 0).any()):
+            raise ValueError("sft_weight > 0 but some pair's SFT-anchor mask (its chosen span) is empty")
+        # a given anchor may be empty for a pair (nothing accepted before a correction at the start): 0
+        losses = losses + sft_weight * (-_masked_sum(policy_chosen_logps, nll_mask) / nll_tokens.clamp_min(1))
 
     chosen_reward = s.chosen if spec.reference_free else s.chosen_logratios
     rejected_reward = s.rejected if spec.reference_free else s.rejected_logratios

@@ -145,12 +145,21 @@ def micro_batch_loss(policy, reference, batch, cfg: LossConfig) -> tuple[torch.T
         policy_chosen_logps, _ = score_batch(policy, batch.chosen_only(), cfg.mask)
         out = sft_loss(policy_chosen_logps, chosen_mask)
         return out.sum, {"span/tokens": chosen_mask.sum().float()}
-    policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, cfg.mask)  # (b, t) each
+    anchor_mask = None
+    if cfg.sft_weight and cfg.anchor != "span":  # the anchor reads completion tokens the span does not hold
+        completion = batch.masks("completion")[0]  # (b, t)
+        before_span = chosen_mask.long().cumsum(-1) == 0  # positions before the corrected span starts
+        anchor_mask = completion & before_span if cfg.anchor == "accepted" else completion
+        policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, "completion")  # (b, t) each
+        policy_rejected_logps = torch.where(rejected_mask, policy_rejected_logps, 0.0)
+    else:
+        policy_chosen_logps, policy_rejected_logps = score_batch(policy, batch, cfg.mask)  # (b, t) each
     ref_chosen_logps, ref_rejected_logps = (reference.token_logps(batch, cfg.mask) if needs_reference(cfg)
                                             else (None, None))
     out = preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                           chosen_mask, rejected_mask, beta=cfg.beta, loss_type=cfg.loss_type,
-                          aggregation=cfg.aggregation, sft_weight=cfg.sft_weight, **cfg.params)
+                          aggregation=cfg.aggregation, sft_weight=cfg.sft_weight,
+                          policy_chosen_nll_mask=anchor_mask, **cfg.params)
     # preference_metrics gives batch means; times the pair count they sum across micro-batches.
     metrics = {k: v * out.count for k, v in preference_metrics(out).items()}
     return out.sum, metrics

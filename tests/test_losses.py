@@ -471,9 +471,13 @@ def test_empty_span_behaviour():
     # Mean aggregation: a mean over zero tokens is undefined -> ValueError.
     with pytest.raises(ValueError, match="aggregation='mean'"):
         preference_loss(PC, PR, RC, RR, MC, m_empty, aggregation="mean")
-    with pytest.raises(ValueError, match="SFT-anchor mask is empty"):
-        preference_loss(PR, PC, RR, RC, MR, MC, sft_weight=1.0,
-                        policy_chosen_nll_mask=m_empty)
+    with pytest.raises(ValueError, match=r"SFT-anchor mask \(its chosen span\) is empty"):
+        preference_loss(PR, PC, RR, RC, m_empty, MC, sft_weight=1.0)  # the span anchored, and empty
+    # an anchor on other tokens (the accepted text) may be empty for a pair: it adds nothing
+    plain = preference_loss(PC, PR, RC, RR, MC, MR, beta=0.5)
+    empty_anchor = preference_loss(PC, PR, RC, RR, MC, MR, beta=0.5, sft_weight=1.0,
+                                   policy_chosen_nll_mask=torch.zeros_like(MC))
+    assert empty_anchor.losses.item() == plain.losses.item()
 
 
 def test_bad_arguments_raise():

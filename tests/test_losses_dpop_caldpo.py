@@ -207,9 +207,8 @@ def test_empty_span_behaviour():
             preference_loss(PR, PR, RR, RR, m_empty, m_empty, loss_type=loss_type)
         with pytest.raises(ValueError, match="aggregation='mean'"):
             preference_loss(PC, PR, RC, RR, MC, m_empty, loss_type=loss_type, aggregation="mean")
-        with pytest.raises(ValueError, match="SFT-anchor mask is empty"):
-            preference_loss(PR, PC, RR, RC, MR, MC, loss_type=loss_type, sft_weight=1.0,
-                            policy_chosen_nll_mask=m_empty)
+        with pytest.raises(ValueError, match=r"SFT-anchor mask \(its chosen span\) is empty"):
+            preference_loss(PR, PC, RR, RC, m_empty, MC, loss_type=loss_type, sft_weight=1.0)
     # Sum aggregation, rejected side empty: r_l is the empty sum 0.
     #   DPOP:    -log sigma(0.1 * (-0.5 - 0 - 50 * 0.5)) = -log sigma(-2.55)
     #   Cal-DPO: -log sigma(-0.5) + (-0.5 - 5)^2 + (0 + 5)^2

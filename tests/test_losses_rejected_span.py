@@ -196,3 +196,39 @@ def test_every_loss_has_a_yaml_and_every_yaml_names_a_loss():
     for name in ("sigmoid", "ipo", "dpop", "cal_dpo", "unlikelihood", "orpo"):
         assert name in named.values(), f"no conf/loss/*.yaml uses loss_type={name}"
     assert len(named) >= 11
+
+
+# ---------------------------------------------------------------------------------------------
+# The anchor's tokens (loss.anchor): the corrected span, the accepted text before it, or both
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_anchor_on_the_accepted_text_is_the_mean_nll_of_the_chosen_tokens_before_the_span(tmp_path, monkeypatch):
+    import localpref.train as train_module
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        out = preference_loss(*args, **kwargs)
+        seen.append((args, kwargs, out))
+        return out
+
+    monkeypatch.setattr(train_module, "preference_loss", spy)
+    train(_compose(["debug=tiny", "loss=rpo", "loss.anchor=accepted", "loss.sft_weight=0.5", "trainer.max_steps=1",
+                    f"run_dir={tmp_path}"]))
+    (pc, pr, rc, rr, mc, mr), kwargs, out = seen[0]
+    anchor = kwargs["policy_chosen_nll_mask"]
+    assert anchor is not None and not (anchor & mc).any()  # no token of the span
+    assert ((mc.long().cumsum(-1) > 0) & anchor).sum() == 0  # only tokens before the span
+    assert anchor.any(1).any() and (pc[anchor] < 0).all()  # scored: real log-probs there
+    plain = preference_loss(pc, pr, rc, rr, mc, mr, beta=0.1, loss_type="sigmoid")
+    nll = -(pc * anchor).sum(-1) / anchor.sum(-1).clamp_min(1)
+    torch.testing.assert_close(out.losses, plain.losses + 0.5 * nll)  # fp32, the same ops: a rounding or two
+
+
+def test_an_anchor_off_the_span_needs_an_anchor_weight_on_a_span_loss():
+    with pytest.raises(ValueError, match="loss.anchor='accepted' anchors a preference loss on spans"):
+        validate(OmegaConf.to_object(_compose(["loss=localized", "loss.anchor=accepted"])))  # sft_weight 0
+    with pytest.raises(ValueError, match="loss.anchor='completion'"):
+        validate(OmegaConf.to_object(_compose(["loss=dpo", "loss.sft_weight=1", "loss.anchor=completion"])))
+    validate(OmegaConf.to_object(_compose(["loss=rpo", "loss.anchor=completion"])))
