@@ -1,16 +1,17 @@
 """The main job: ``localpref demo`` (run by ``bash scripts/run.sh demo``).
 
 Does the model need fewer steers after training on its own steers? On the ``ranges`` task family
-(``localpref.tasks.ranges``), with its tiny task model in the systematic regime (it reads "between"
-inclusively: an error with a cause, the regime of the fewest-steers experiment where steers helped
-most; ``localpref.tasks.pretrain``, built once and cached; ``model.family``/``model.errors`` choose
-another):
+(``localpref.tasks.ranges``), with build 0 of its tiny task model in the systematic regime (it reads
+"between" inclusively: an error with a cause; ``localpref.tasks.pretrain``, built once and cached;
+``model.family``/``model.errors``/``model.build`` choose another), as one build of the fewest-steers
+study (``experiments/fewest_steers``) does:
 
-1. collect steers from the model itself: its greedy answers to every train prompt (the decoding
+1. collect steers from the model itself: its greedy answers to its 150 train prompts (the decoding
    the evaluation uses), stopped at the first wrong item, corrected by the family's program,
    resumed (``localpref.steering``), and, the same way, held-out steers on val prompts for the
    preference metrics;
-2. train the localized loss on the train steers (``conf/experiment/demo.yaml``);
+2. train Cal-DPO on the train steers at the settings the study tuned (``conf/experiment/demo.yaml``:
+   the study's method whose verdict held on the most builds);
 3. before and after training: greedy steering on held-out prompts (steers to verify, pass rate
    without steers, share verified within the budget, 95% intervals) and the
    preference metrics on the held-out steers; then a verdict: fewer (or more) steers only when
@@ -41,7 +42,9 @@ SHOWN = [("eval/span/logp_accuracy", "span log-prob accuracy: log p(corrected) >
          ("eval/span/nll", "NLL per token of the corrected span"),
          ("eval/drift/nll", "NLL per token of whole corrected completions (drift)"),
          ("eval/drift/kl", "KL(policy || reference) per completion token (drift)")]
-COLLECT = {"train": dict(n=None, temperature=0.0, budget=4), "val": dict(n=None, temperature=0.0, budget=4)}  # all prompts, greedy
+# As a build of the fewest-steers study collects: greedy, its own 150 train prompts (the split's order for
+# seed = model.build), every val prompt (held-out steers for the preference metrics).
+COLLECT = {"train": dict(n=150, temperature=0.0, budget=4), "val": dict(n=None, temperature=0.0, budget=4)}
 
 
 def collect(cfg, run_dir: Path) -> dict[str, Path]:
@@ -56,10 +59,12 @@ def collect(cfg, run_dir: Path) -> dict[str, Path]:
     paths = {}
     for split, settings in COLLECT.items():
         paths[split] = run_dir / "collect" / f"{split}.jsonl"
-        records = run_tasks(model, tokenizer, family, family.tasks(split, n=settings["n"]), out=paths[split],
+        task_seed = cfg.model.build if split == "train" else 0  # the build's own train prompts
+        records = run_tasks(model, tokenizer, family, family.tasks(split, n=settings["n"], seed=task_seed), out=paths[split],
                             budget=settings["budget"], temperature=settings["temperature"], seed=cfg.seed,
                             max_new_tokens=cfg.steer_eval.max_new_tokens,
-                            max_task_tokens=cfg.steer_eval.max_task_tokens, progress_label=f"collect {split}")
+                            max_task_tokens=cfg.steer_eval.max_task_tokens, batch_size=cfg.steer_eval.batch_size,
+                            progress_label=f"collect {split}")
         steers = sum(r["meta"]["steers"] for r in records)
         print(f"collected {steers} steers on {len(records)} {split} prompts -> {paths[split]}")
     return paths

@@ -40,7 +40,7 @@ def test_demo_runs_on_the_ranges_model_and_prints_before_and_after(tmp_path, mon
                         lambda family, spec=None, build=True: asked.append((family, spec.errors)) or folder)
     monkeypatch.setattr(demo, "COLLECT", {split: {**s, "n": 12} for split, s in demo.COLLECT.items()})
     run_dir = tmp_path / "run"
-    assert demo.run_demo([f"run_dir={run_dir}", "steer_eval.n=12", "trainer.max_steps=2",
+    assert demo.run_demo([f"run_dir={run_dir}", "steer_eval.n=12", "trainer.epochs=null", "trainer.max_steps=2",
                           "trainer.warmup_steps=1", "trainer.checkpoint_every=0"]) == 0
     assert set(asked) == {("ranges", "systematic")}  # the demo's regime, from conf/experiment/demo.yaml
     out = capsys.readouterr().out

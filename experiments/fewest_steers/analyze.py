@@ -43,7 +43,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # kernels/ has no __init__.py: the repository root shadows nothing (kernels/README.md)
-from localpref.stats import bootstrap_interval, crossed_bootstrap, paired_permutation_test  # noqa: E402
+from localpref.stats import bootstrap_interval, cluster_bootstrap, crossed_bootstrap, paired_permutation_test  # noqa: E402
 
 SUMMARY = HERE / "results" / "summary.json"
 GENERATED = REPO / "paper" / "generated"
@@ -253,6 +253,14 @@ def damage(part: Part, trained: np.ndarray) -> tuple[float, float, float] | None
     return ci((trained > 0).astype(float) * eligible, part.clusters, eligible.astype(float))
 
 
+def verdicts(part: Part, x: np.ndarray, base: np.ndarray) -> str:
+    """On how many builds the demo's verdict says "fewer steers": the build's trained model's 95%
+    interval (cluster bootstrap over its held-out prompts) lies wholly below its base model's."""
+    fewer = sum(cluster_bootstrap(row, part.clusters)[2] < cluster_bootstrap(b, part.clusters)[1]
+                for row, b in zip(x, base))
+    return f"{fewer}/{len(x)}"
+
+
 def comparable(a: list[dict], b: list[dict]) -> bool:
     return [r["build"] for r in a] == [r["build"] for r in b] and len(a) > 0
 
@@ -321,17 +329,19 @@ def dial(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
             dmg = damage(part, x) if base is not None and method != "base" else None
             wins = (f"{sum(a < b for a, b in zip(x.mean(1), base.mean(1)))}/{len(runs)}"
                     if delta is not None else "--")
+            fewer = verdicts(part, x, base) if delta is not None else "--"
             kl = over_builds(runs, "eval/drift/kl") if method != "base" else None
             chars = statistics.mean(r["data"]["chars"] or 0 for r in runs) if method != "base" else None
             rows.append({"part": part.name, "method": LABELS[method], "builds": len(runs),
                          "chars/build": fmt(chars, 0), "steers to verify": fmt_ci(head),
-                         "minus base": fmt_ci(delta, sign=True), "better builds": wins,
+                         "minus base": fmt_ci(delta, sign=True), "better builds": wins, "verdict fewer": fewer,
                          "pass rate": fmt_ci(ci((x == 0).astype(float), part.clusters)),
                          "damage": fmt_ci(dmg), "KL": fmt_ci(kl, 3),
                          "settings (tuned on build 0)": settings_cell(runs[0]["params"]) if method != "base" else ""})
             key = macro(part.name, method)
             numbers.update({f"{key}Stv": fmt_ci(head), f"{key}Delta": fmt_ci(delta, sign=True),
-                            f"{key}Damage": fmt_ci(dmg), f"{key}Wins": wins, f"{key}Kl": fmt(kl[0] if kl else None, 3),
+                            f"{key}Damage": fmt_ci(dmg), f"{key}Wins": wins, f"{key}Fewer": fewer,
+                            f"{key}Kl": fmt(kl[0] if kl else None, 3),
                             f"{key}Chars": fmt(chars, 0)})
     return pd.DataFrame(rows), numbers
 
@@ -388,7 +398,7 @@ def matched(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
         ref = _matched_runs(part, "sft_span", choice)
         numbers[f"{macro(part.name, 'all')}KlStar"] = fmt(choice["kl_star"], 4)
         for method in part.methods("final"):
-            if method in ("base", "control") or method not in choice["methods"]:
+            if method == "base" or method not in choice["methods"]:
                 continue
             c, runs = choice["methods"][method], _matched_runs(part, method, choice)
             if not runs:
@@ -539,7 +549,8 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
     write_table(files, "dial", df, "Held-out steers to verify per part and method at the tuned settings, "
                 "mean over builds with a 95% bootstrap interval over builds x held-out clusters; minus base: "
                 "the same paired with each build's base model; better builds: builds whose trained model "
-                "needs fewer steers than its base; damage: new failures among held-out prompts the base "
+                "needs fewer steers than its base; verdict fewer: builds where the demo's verdict says fewer "
+                "(the build's 95% interval below its base's, each over its held-out clusters); damage: new failures among held-out prompts the base "
                 "passed where the rule cannot fire; KL: drift on held-out steers, bootstrap over builds.")
     files["dial.csv"] = df.to_csv(index=False)
     numbers.update(n)
@@ -549,8 +560,9 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
     numbers.update(n)
     df_m, n = matched(parts)
     write_table(files, "matched", df_m, "The comparison at equal drift: each method at the trial with the fewest "
-                "val steers to verify among those whose val KL is at most KL* (the median of the methods' tuned "
-                "trials' val KL), run on every build.")
+                "val steers to verify among those whose val KL is at most KL* (the median val KL of the tuned "
+                "trials of the methods that moved, val KL >= 0.01, the control left out), run on every build; "
+                "'over cap': no trial was under KL*, its lowest-KL trial ran.")
     numbers.update(n)
     df_c = curves(parts)
     if len(df_c):

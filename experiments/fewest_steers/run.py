@@ -22,10 +22,13 @@ runnable alone; ``--jobs`` of them run side by side, one thread each:
 5. ``final``: every method at its best trial's settings on every build (``model.build=0,...``),
    steered once on the held-out prompts; the part's ``curve_methods`` also at each share of
    ``budgets`` (``data.cost_share``).
-6. ``matched``: the comparison at equal drift. KL* is the median over methods of their best
-   trials' val KL; each method's trial with the fewest val steers to verify among those whose val
-   KL <= KL* (none: its lowest-KL trial) runs on every build as ``study.stage=matched`` (skipped
-   where that trial is the tuned one: its final runs serve).
+6. ``matched``: the comparison at equal drift. KL* is the median val KL of the tuned trials of the
+   methods that moved the model (val KL >= ``MOVED``; the control left out; if none moved, of all
+   of them); each method's trial with the fewest val steers to verify among those whose val KL <=
+   KL* (none: its lowest-KL trial) runs on every build as ``study.stage=matched`` (skipped where
+   that trial is the tuned one: its final runs serve). The first rule, the median over all
+   methods, compared every method at no drift on tiny-ranges-systematic, where six of nine tuned
+   to a model that does not move (val KL < 0.001): the median then says nothing about drift.
 
 A command whose runs all finished is skipped, so the same command continues an interrupted study.
 ``OUT/timing.jsonl`` records each command's wall-clock; ``OUT/settings.json`` the parts' configs.
@@ -246,6 +249,7 @@ def trials(out: Path, part: Part, method: str) -> list[dict]:
 
 
 SEARCHED = ("trainer.lr", "trainer.epochs", "loss.beta", "loss.sft_weight", "loss.params.ul_weight")
+MOVED = 0.01  # val KL (nats per token) below which a tuned model has not moved from its base
 
 
 def best_params(out: Path, part: Part, method: str) -> list[str]:
@@ -277,32 +281,41 @@ def tuned_trial(rows: list[dict], tie_weight: float) -> dict:
 
 
 def matched_choice(out: Path, part: Part) -> dict:
-    """KL* (the median of the methods' tuned trials' val KL, the control left out) and each method's
-    trial at equal drift: the fewest val steers to verify (then the lower KL) among its trials with
-    val KL <= KL*, else its lowest-KL trial."""
+    """KL* (the median val KL of the tuned trials of the methods that moved, the control left out;
+    the docstring's stage 6) and each method's trial at equal drift: the fewest val steers to verify
+    (then the lower KL) among its trials with val KL <= KL*, else its lowest-KL trial."""
     table = {m: trials(out, part, m) for m in part.methods}
     tuned = {m: tuned_trial(table[m], part.tie_weight) for m in part.methods}
-    kl_star = statistics.median(tuned[m]["kl"] for m in part.methods if m != "control")
+    kls = [tuned[m]["kl"] for m in part.methods if m != "control"]
+    kl_star = statistics.median([k for k in kls if k >= MOVED] or kls)
     choice = {}
     for m in part.methods:
         under = [t for t in table[m] if t["kl"] <= kl_star]
         pick = min(under, key=lambda t: (t["stv"], t["kl"])) if under else min(table[m], key=lambda t: t["kl"])
         choice[m] = {**pick, "under_cap": bool(under), "tuned": pick["trial"] == tuned[m]["trial"]}
-    return {"kl_star": kl_star, "methods": choice}
+    return {"kl_star": kl_star, "moved": MOVED, "methods": choice}
 
 
 def stage_matched(runner: Runner, part: Part) -> None:
+    import shutil
+
+    path = runner.out / part.name / "matched.json"
+    before = json.loads(path.read_text())["methods"] if path.exists() else {}
     choice = matched_choice(runner.out, part)
-    (runner.out / part.name / "matched.json").write_text(json.dumps(choice, indent=1))
+    path.write_text(json.dumps(choice, indent=1))
     commands = []
     for m, c in choice["methods"].items():
-        if c["tuned"] or m == "control":
-            continue  # its final runs are the matched ones (the control is the yardstick, not compared)
-        todo = builds_to_run(runner.out, part, "matched", m, 1.0)
+        if m in before and before[m]["trial"] != c["trial"]:  # chosen anew: its earlier runs are stale
+            shutil.rmtree(runner.out / part.name / "runs" / "matched" / m, ignore_errors=True)
+        if c["tuned"]:
+            continue  # its final runs are the matched ones
+        share = None if m == "control" else 1.0  # the control has no budget (its method file says so)
+        todo = builds_to_run(runner.out, part, "matched", m, share)
         if todo:
+            budget = [] if share is None else [f"data.cost_share={share}"]
             commands.append((f"{part.name}-matched-{m}", runner.train(
                 part, f"method={m}", "stage=final", "study.stage=matched", f"model.build={','.join(map(str, todo))}",
-                "data.cost_share=1.0", *sorted(c["params"]))))
+                *budget, *sorted(c["params"]))))
     runner.run(part, "matched", commands)
 
 
