@@ -332,6 +332,7 @@ def dial(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
             fewer = verdicts(part, x, base) if delta is not None else "--"
             kl = over_builds(runs, "eval/drift/kl") if method != "base" else None
             chars = statistics.mean(r["data"]["chars"] or 0 for r in runs) if method != "base" else None
+            numbers[f"{macro(part.name, method)}Pass"] = fmt_ci(ci((x == 0).astype(float), part.clusters))
             rows.append({"part": part.name, "method": LABELS[method], "builds": len(runs),
                          "chars/build": fmt(chars, 0), "steers to verify": fmt_ci(head),
                          "minus base": fmt_ci(delta, sign=True), "better builds": wins, "verdict fewer": fewer,
@@ -368,7 +369,7 @@ def versus(parts: list[Part], reference: str = "sft_span", stage: str = "final")
                          f"minus {LABELS[reference]}": fmt_ci(d, sign=True),
                          "interval excludes 0": "yes" if d[1] > 0 or d[2] < 0 else "no",
                          "p (sign flips over builds)": fmt(p, 3)})
-            numbers[f"{macro(part.name, method)}Vs{stage.capitalize()}"] = fmt_ci(d, sign=True)
+            numbers[f"{macro(part.name, method)}VsSft"] = fmt_ci(d, sign=True)
     return pd.DataFrame(rows), numbers
 
 
@@ -422,9 +423,9 @@ def _matched_runs(part: Part, method: str, choice: dict) -> list[dict]:
     return part.runs("final", method) if c["tuned"] else part.runs("matched", method)
 
 
-def profiles(parts: list[Part]) -> pd.DataFrame:
+def profiles(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
     """The base models' held-out error profiles, per part: mean over builds (range)."""
-    rows = []
+    rows, numbers = [], {}
     for part in parts:
         runs = part.runs("base", "base")
         if not runs:
@@ -435,19 +436,27 @@ def profiles(parts: list[Part]) -> pd.DataFrame:
         rows.append({"part": part.name, "builds": len(runs), "held-out prompts": len(part.prompts["ids"]),
                      "clusters": len(set(part.clusters)), "rule fires on": f"{part.fires.mean():.2f}",
                      "pass": cell(0), "first error is the rule's": cell(1), "other first error": cell(2)})
-    return pd.DataFrame(rows)
+        key = macro(part.name, "base")
+        numbers.update({f"{key}Pass": cell(0), f"{key}Rule": cell(1), f"{key}Other": cell(2)})
+    return pd.DataFrame(rows), numbers
 
 
-def tuning(parts: list[Part]) -> pd.DataFrame:
-    rows = []
+def tuning(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Per method its trials, best val objective and chosen settings; and how many methods (the
+    control aside) tuned to a model that did not move (its tuned final runs' mean KL < 0.01)."""
+    rows, numbers = [], {}
     for part in parts:
+        still = [m for m in part.methods("final") if m not in ("base", "control") and part.runs("final", m)
+                 and statistics.mean(r["metrics"]["eval/drift/kl"] or 0.0 for r in part.runs("final", m)) < 0.01]
+        numbers[f"{macro(part.name, 'all')}Still"] = str(len(still))
+        numbers[f"{macro(part.name, 'all')}StillNames"] = ", ".join(LABELS[m].split(" ", 1)[1] for m in still)
         for method in part.methods("tune"):
             trials = [r for r in part.data["runs"] if r["stage"] == "tune" and r["method"] == method]
             best = part.data["tuned"].get(method, {})
             rows.append({"part": part.name, "method": LABELS[method], "trials": len(trials),
                          "best (val)": fmt(min(t["steers"]["val"] for t in trials)),
                          "chosen": settings_cell({PARAMS[k]: float(v) for k, v in sorted(best.items())})})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), numbers
 
 
 def timing(summary: dict[str, Any]) -> pd.DataFrame:
@@ -568,10 +577,14 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
     if len(df_c):
         write_table(files, "curves", df_c, "Budget curves: steers to verify at shares of each build's steer cost "
                     "(characters actually spent, mean over builds).")
-    write_table(files, "profiles", profiles(parts), "The base models' held-out greedy answers: how the first "
+    df_p, n = profiles(parts)
+    write_table(files, "profiles", df_p, "The base models' held-out greedy answers: how the first "
                 "error falls (mean over builds, range).")
-    write_table(files, "tuning", tuning(parts), "Tuning: the same number of Optuna (TPE) trials per method on "
+    numbers.update(n)
+    df_t, n = tuning(parts)
+    write_table(files, "tuning", df_t, "Tuning: the same number of Optuna (TPE) trials per method on "
                 "build 0's val prompts; objective: val steers to verify + 0.001 x val KL.")
+    numbers.update(n)
     write_table(files, "timing", timing(summary), "Wall-clock per part and stage (minutes; run.py's jobs ran "
                 "side by side on 2 cores).")
     files["frontier.csv"] = frontier_csv(parts)
