@@ -104,9 +104,13 @@ def compose_part(name: str, overrides: list[str]) -> Part:
 class Runner:
     """Runs ``localpref`` commands ``jobs`` at a time, one thread each; logs and times them."""
 
-    def __init__(self, out: Path, jobs: int, quick: bool):
+    def __init__(self, out: Path, jobs: int, quick: bool, trials: int | None = None, extra: list[str] = ()):
         self.out, self.jobs = out, jobs
-        self.overrides, self.tune_overrides = (QUICK, QUICK_TUNE) if quick else ([], [])
+        self.overrides, self.tune_overrides = (list(QUICK), list(QUICK_TUNE)) if quick else ([], [])
+        self.overrides += list(extra)
+        if trials is not None:  # the same for every method of the parts of this invocation
+            self.tune_overrides += [f"hydra.sweeper.n_trials={trials}",
+                                    f"hydra.sweeper.sampler.n_startup_trials={max(1, trials // 2)}"]
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def train(self, part: Part, *args: str) -> list[str]:
@@ -328,6 +332,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="commands side by side (one thread each)")
     parser.add_argument("--stages", nargs="+", default=["build", "collect", "base", "tune", "final", "matched"],
                         choices=["build", "collect", "base", "tune", "final", "matched"])
+    parser.add_argument("--trials", type=int, default=None,
+                        help="Optuna trials per method (default: conf/stage/tune.yaml's; half of them random)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for every train command, e.g. study.n_frontier=150")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -335,7 +343,7 @@ def main() -> None:
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {"quick": args.quick, "parts": {}}
     if settings["quick"] != args.quick:
         raise SystemExit(f"{out} holds a {'quick' if settings['quick'] else 'full'} study: use another --out")
-    runner = Runner(out, args.jobs, args.quick)
+    runner = Runner(out, args.jobs, args.quick, args.trials, args.set)
     start = time.time()
     for name in args.parts or (QUICK_PARTS if args.quick else PARTS):
         part = compose_part(name, runner.overrides)
