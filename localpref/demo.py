@@ -10,8 +10,8 @@ study (``experiments/fewest_steers``) does:
    the evaluation uses), stopped at the first wrong item, corrected by the family's program,
    resumed (``localpref.steering``), and, the same way, held-out steers on val prompts for the
    preference metrics;
-2. train Cal-DPO on the train steers at the settings the study tuned (``conf/experiment/demo.yaml``:
-   the study's method whose verdict held on the most builds);
+2. train localized DPO on the train steers at the settings the study tuned
+   (``conf/experiment/demo.yaml``; in the study its verdict said fewer on 3 of 5 builds, this one included);
 3. before and after training: greedy steering on held-out prompts (steers to verify, pass rate
    without steers, share verified within the budget, 95% intervals) and the
    preference metrics on the held-out steers; then a verdict: fewer (or more) steers only when

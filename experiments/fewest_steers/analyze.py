@@ -47,12 +47,12 @@ from localpref.stats import bootstrap_interval, cluster_bootstrap, crossed_boots
 
 SUMMARY = HERE / "results" / "summary.json"
 GENERATED = REPO / "paper" / "generated"
-ORDER = ["base", "sft_span", "sft_rewrite", "dpo_rewrite", "localized", "rpo", "step_dpo", "dpop", "cal_dpo",
-         "unlikelihood", "orpo", "control"]
+ORDER = ["base", "sft_span", "sft_rewrite", "dpo_rewrite", "localized", "rpo", "dpop", "cal_dpo",
+         "unlikelihood", "orpo", "step_dpo", "control"]
 LABELS = {"base": "base model", "sft_span": "1 SFT, corrected spans", "sft_rewrite": "2 SFT, full rewrites",
           "dpo_rewrite": "3 DPO, output vs rewrite", "localized": "4 localized DPO", "rpo": "5 RPO (DPO + tuned NLL)",
-          "step_dpo": "6 Step-DPO", "dpop": "8 DPOP", "cal_dpo": "9 Cal-DPO", "unlikelihood": "10 unlikelihood",
-          "orpo": "11 ORPO", "control": "control: SFT, rewrites, no budget"}
+          "dpop": "6 DPOP", "cal_dpo": "7 Cal-DPO", "unlikelihood": "8 unlikelihood",
+          "orpo": "9 ORPO", "step_dpo": "10 Step-DPO", "control": "control: SFT, rewrites, no budget"}
 READS_REJECTED = {"dpo_rewrite", "localized", "rpo", "step_dpo", "dpop", "cal_dpo", "unlikelihood", "orpo"}
 PARAMS = {"trainer.lr": "lr", "trainer.epochs": "epochs", "loss.beta": "beta", "loss.sft_weight": "alpha",
           "loss.params.ul_weight": "alpha"}
