@@ -84,3 +84,22 @@ def test_fewest_steers_quick_variant_is_well_formed(tmp_path):
     assert len(frontier) == 1 + 3 * len(methods)  # every trial of every method
     numbers = (gen / "numbers.tex").read_text()
     assert "\\newcommand{\\fsTinyRangesSystematicLocalizedStv}" in numbers and "\\newcommand{\\fsQuick}{yes}" in numbers
+
+
+def test_run_py_trials_and_overrides_reach_every_train_command(tmp_path):
+    """``run.py --trials N --set K=V``: N Optuna trials (half random) for every method's tune command
+    only, K=V on every train command; both recorded with the part's settings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fewest_steers_run", EXP / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run  # its dataclasses look their module up
+    spec.loader.exec_module(run)
+    runner = run.Runner(tmp_path, jobs=1, quick=False, trials=8, extra=["study.n_frontier=150"])
+    part = run.compose_part("tiny-ranges-systematic", runner.overrides)
+    tune = runner.train(part, "method=localized", "stage=tune")
+    final = runner.train(part, "method=localized", "stage=final", "model.build=0,1")
+    assert "hydra.sweeper.n_trials=8" in tune and "hydra.sweeper.sampler.n_startup_trials=4" in tune
+    assert not any(a.startswith("hydra.sweeper") for a in final)
+    assert "study.n_frontier=150" in tune and "study.n_frontier=150" in final
+    assert run.Runner(tmp_path, jobs=1, quick=False).train(part, "stage=tune")[-1] == "stage=tune"  # conf's own

@@ -347,6 +347,19 @@ def dial(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
     return pd.DataFrame(rows), numbers
 
 
+def per_build(parts: list[Part]) -> pd.DataFrame:
+    """Held-out steers to verify of every build, base and each method at the tuned settings: whether
+    a gain is every build's or a few builds'."""
+    rows = []
+    for part in parts:
+        for method in part.methods("final"):
+            runs = part.runs("final", method) if method != "base" else part.runs("base", "base")
+            if runs:
+                rows.append({"part": part.name, "method": LABELS[method],
+                             **{f"build {r['build']}": fmt(float(np.mean([int(c) for c in r["stv"]]))) for r in runs}})
+    return pd.DataFrame(rows).fillna("--")
+
+
 def versus(parts: list[Part], reference: str = "sft_span", stage: str = "final") -> tuple[pd.DataFrame, dict[str, str]]:
     """Each method minus SFT on the corrected spans: same builds, same prompts, equal characters."""
     rows, numbers = [], {}
@@ -563,6 +576,8 @@ def render(summary: dict[str, Any], out: Path) -> list[str]:
                 "passed where the rule cannot fire; KL: drift on held-out steers, bootstrap over builds.")
     files["dial.csv"] = df.to_csv(index=False)
     numbers.update(n)
+    write_table(files, "builds", per_build(parts), "Held-out steers to verify per build (mean over the "
+                "build's held-out prompts): the base model and each method at the tuned settings.")
     df_vs, n = versus(parts)
     write_table(files, "versus_sft", df_vs, "Each method minus SFT on the corrected spans at equal characters "
                 "(same builds and prompts; 95% bootstrap over builds x clusters; exact sign-flip test over builds).")
