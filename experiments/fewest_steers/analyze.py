@@ -515,9 +515,13 @@ def plot_frontier(csv_text: str, path: Path) -> None:
     colours = {m: plt.get_cmap("tab20")(i) for i, m in enumerate(ORDER)}
     for ax, part in zip(axes[0], parts):
         sub = df[df["part"] == part]
+        top = 2.5 * float(sub.loc[sub["kl"].idxmin(), "heldout"])  # 2.5 x the least-moved trial (~ the base)
         for method in [m for m in ORDER if m in set(sub["method"])]:
             m = sub[sub["method"] == method]
-            ax.scatter(m["kl"].clip(lower=1e-5), m["heldout"], s=12, color=colours[method], label=LABELS[method])
+            inside, above = m[m["heldout"] <= top], m[m["heldout"] > top]
+            ax.scatter(inside["kl"].clip(lower=1e-5), inside["heldout"], s=12, color=colours[method], label=LABELS[method])
+            ax.scatter(above["kl"].clip(lower=1e-5), [top] * len(above), s=14, marker="^", color=colours[method])
+        ax.set_ylim(0, top * 1.04)  # trials that broke the model: triangles on the top edge
         ax.set_xscale("log")
         ax.set_title(part, fontsize=9)
         ax.set_xlabel("KL to the base (val steers)")
