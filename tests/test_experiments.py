@@ -88,7 +88,7 @@ def test_fewest_steers_quick_variant_is_well_formed(tmp_path):
 
 def test_run_py_trials_and_overrides_reach_every_train_command(tmp_path):
     """``run.py --trials N --set K=V``: N Optuna trials (half random) for every method's tune command
-    only, K=V on every train command; both recorded with the part's settings."""
+    only, K=V on every train command; without them, the tune command is the conf's own."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fewest_steers_run", EXP / "run.py")

@@ -253,11 +253,11 @@ def damage(part: Part, trained: np.ndarray) -> tuple[float, float, float] | None
     return ci((trained > 0).astype(float) * eligible, part.clusters, eligible.astype(float))
 
 
-def verdicts(part: Part, x: np.ndarray, base: np.ndarray) -> str:
+def verdicts(part: Part, x: np.ndarray, base_low: list[float]) -> str:
     """On how many builds the demo's verdict says "fewer steers": the build's trained model's 95%
-    interval (cluster bootstrap over its held-out prompts) lies wholly below its base model's."""
-    fewer = sum(cluster_bootstrap(row, part.clusters)[2] < cluster_bootstrap(b, part.clusters)[1]
-                for row, b in zip(x, base))
+    interval (cluster bootstrap over its held-out prompts) lies wholly below its base model's
+    (``base_low``: each build's base interval's low end)."""
+    fewer = sum(cluster_bootstrap(row, part.clusters)[2] < low for row, low in zip(x, base_low))
     return f"{fewer}/{len(x)}"
 
 
@@ -319,6 +319,7 @@ def dial(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
         base_runs, base = part.runs("base", "base"), None
         if base_runs:
             base = part.base()
+            base_low = [cluster_bootstrap(b, part.clusters)[1] for b in base]  # once per part
         for method in part.methods("final"):
             runs = part.runs("final", method) if method != "base" else base_runs
             if not runs:
@@ -329,19 +330,20 @@ def dial(parts: list[Part]) -> tuple[pd.DataFrame, dict[str, str]]:
             dmg = damage(part, x) if base is not None and method != "base" else None
             wins = (f"{sum(a < b for a, b in zip(x.mean(1), base.mean(1)))}/{len(runs)}"
                     if delta is not None else "--")
-            fewer = verdicts(part, x, base) if delta is not None else "--"
+            fewer = verdicts(part, x, base_low) if delta is not None else "--"
             kl = over_builds(runs, "eval/drift/kl") if method != "base" else None
             chars = statistics.mean(r["data"]["chars"] or 0 for r in runs) if method != "base" else None
-            numbers[f"{macro(part.name, method)}Pass"] = fmt_ci(ci((x == 0).astype(float), part.clusters))
+            passed = ci((x == 0).astype(float), part.clusters)
             rows.append({"part": part.name, "method": LABELS[method], "builds": len(runs),
                          "chars/build": fmt(chars, 0), "steers to verify": fmt_ci(head),
                          "minus base": fmt_ci(delta, sign=True), "better builds": wins, "verdict fewer": fewer,
-                         "pass rate": fmt_ci(ci((x == 0).astype(float), part.clusters)),
+                         "pass rate": fmt_ci(passed),
                          "damage": fmt_ci(dmg), "KL": fmt_ci(kl, 3),
                          "settings (tuned on build 0)": settings_cell(runs[0]["params"]) if method != "base" else ""})
             key = macro(part.name, method)
             numbers.update({f"{key}Stv": fmt_ci(head), f"{key}Delta": fmt_ci(delta, sign=True),
                             f"{key}Damage": fmt_ci(dmg), f"{key}Wins": wins, f"{key}Fewer": fewer,
+                            f"{key}Pass": fmt_ci(passed),
                             f"{key}Kl": fmt(kl[0] if kl else None, 3),
                             f"{key}Chars": fmt(chars, 0)})
     return pd.DataFrame(rows), numbers
@@ -355,8 +357,9 @@ def per_build(parts: list[Part]) -> pd.DataFrame:
         for method in part.methods("final"):
             runs = part.runs("final", method) if method != "base" else part.runs("base", "base")
             if runs:
+                means = part.matrix(runs).mean(1)
                 rows.append({"part": part.name, "method": LABELS[method],
-                             **{f"build {r['build']}": fmt(float(np.mean([int(c) for c in r["stv"]]))) for r in runs}})
+                             **{f"build {r['build']}": fmt(float(m)) for r, m in zip(runs, means)}})
     return pd.DataFrame(rows).fillna("--")
 
 

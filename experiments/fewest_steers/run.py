@@ -27,8 +27,8 @@ runnable alone; ``--jobs`` of them run side by side, one thread each:
    of them); each method's trial with the fewest val steers to verify among those whose val KL <=
    KL* (none: its lowest-KL trial) runs on every build as ``study.stage=matched`` (skipped where
    that trial is the tuned one: its final runs serve). The first rule, the median over all
-   methods, compared every method at no drift on tiny-ranges-systematic, where six of nine tuned
-   to a model that does not move (val KL < 0.001): the median then says nothing about drift.
+   methods, compared every method at no drift in a run where most methods tuned to a model that
+   does not move: the median then says nothing about drift.
 
 A command whose runs all finished is skipped, so the same command continues an interrupted study.
 ``OUT/timing.jsonl`` records each command's wall-clock; ``OUT/settings.json`` the parts' configs.
